@@ -1,0 +1,3 @@
+from acl_compose.cli import main
+
+main()

@@ -1,0 +1,7 @@
+"""`acl-compose verity` commands (placeholder until the issue lands)."""
+
+from __future__ import annotations
+
+import click
+
+COMMANDS: list[click.Command] = []

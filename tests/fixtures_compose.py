@@ -1,0 +1,1 @@
+"""Session fixtures for the compose stage (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""Session fixtures for the testbed stage (filled in by its issue)."""
