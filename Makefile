@@ -50,7 +50,7 @@ lint: venv
 
 # The main job on the embedded testbed default (grows as stages land).
 demo: deps
-	$(BIN)/python tests/demo.py
+	$(BIN)/python examples/demo.py
 
 bench: deps
 	for b in tests/bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
