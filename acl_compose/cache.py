@@ -1,0 +1,137 @@
+"""The download cache: a content-addressed store plus a name index.
+
+Layout under the cache dir:
+  blobs/sha512/ab/<sha512>                verified release files (read-only)
+  blobs/sha256/ab/<sha256>/<name>         pinned generic downloads (`fetch.download`)
+  releases/<base-slug>/<board>/<version>/<name>        symlink to the blob
+  releases/<base-slug>/<board>/<version>/.meta/<name>.json   size, sha512, signature, trust
+  releases/<base-slug>/<board>/current.json            last `current` seen (for --offline)
+  locks/<key>.lock                         fcntl locks serialising work on one artifact
+  tmp/                                     in-progress downloads (same filesystem: atomic rename)
+Index entries are written last, after verification, so the index never names an unverified file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from acl_compose.util import atomic_write, hash_file
+
+
+def slug(base_url: str) -> str:
+    """A readable, collision-safe directory name for a base URL."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", base_url.split("://", 1)[-1]).strip("_")[:80]
+    return f"{readable}-{hashlib.sha256(base_url.encode()).hexdigest()[:12]}"
+
+
+class Cache:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # -- locking and temp files -------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive lock for `key` across processes (released when the process dies)."""
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        path = locks / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def temp_file(self, name: str) -> Iterator[tuple[Path, Any]]:
+        """An open temp file in the cache; removed unless the caller moved it away."""
+        tmp_dir = self.root / "tmp"
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".part", dir=tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield Path(tmp), f
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    # -- content-addressed blobs ------------------------------------------------------
+    def blob_path(self, sha512: str) -> Path:
+        return self.root / "blobs" / "sha512" / sha512[:2] / sha512
+
+    def store(self, tmp: Path, sha512: str) -> Path:
+        """Move a verified temp file into the store (fsync first; read-only afterwards)."""
+        dest = self.blob_path(sha512)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        return dest
+
+    def blob_ok(self, path: Path, size: int, digest: str, algorithm: str = "sha512") -> bool:
+        """Re-check a stored file before reuse: size first (cheap), then the digest."""
+        try:
+            if path.stat().st_size != size:
+                return False
+        except FileNotFoundError:
+            return False
+        return hash_file(path, algorithm) == digest
+
+    # -- the name index ---------------------------------------------------------------
+    def release_dir(self, base_url: str, board: str, version: str) -> Path:
+        return self.root / "releases" / slug(base_url) / board / version
+
+    def entry(self, base_url: str, board: str, version: str, name: str) -> dict[str, Any] | None:
+        meta = self.release_dir(base_url, board, version) / ".meta" / f"{name}.json"
+        try:
+            data = json.loads(meta.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def link_path(self, base_url: str, board: str, version: str, name: str) -> Path:
+        return self.release_dir(base_url, board, version) / name
+
+    def record(
+        self, base_url: str, board: str, version: str, name: str, blob: Path, meta: dict[str, Any]
+    ) -> Path:
+        """Point the index at a stored blob; metadata is written after the link (readers
+        check the metadata, so an entry is visible only once both exist)."""
+        link = self.link_path(base_url, board, version, name)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{name}.{os.getpid()}.link")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(os.path.relpath(blob, link.parent), tmp)
+        os.replace(tmp, link)
+        meta_path = link.parent / ".meta" / f"{name}.json"
+        atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+        return link
+
+    def forget(self, base_url: str, board: str, version: str, name: str) -> None:
+        """Drop an index entry that failed its re-check."""
+        d = self.release_dir(base_url, board, version)
+        for p in (d / ".meta" / f"{name}.json", d / name):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+    def set_current(self, base_url: str, board: str, version: str) -> None:
+        path = self.root / "releases" / slug(base_url) / board / "current.json"
+        atomic_write(path, json.dumps({"version": version}).encode())
+
+    def current(self, base_url: str, board: str) -> str | None:
+        path = self.root / "releases" / slug(base_url) / board / "current.json"
+        try:
+            return str(json.loads(path.read_text())["version"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
