@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from acl_compose import __version__
-from acl_compose.commands import COMMANDS
+from acl_compose import commands
 from acl_compose.errors import AclComposeError
 from acl_compose.ui import App, setup_logging
 from acl_compose.util import default_cache_dir
@@ -22,7 +22,17 @@ from acl_compose.util import default_cache_dir
 _state = {"verbose": False}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command is used (fast start-up)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(commands.LAZY_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return commands.load(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="acl-compose")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
 @click.option("--json", "json_", is_flag=True, help="Machine-readable result on stdout.")
@@ -38,10 +48,6 @@ def cli(ctx: click.Context, verbose: bool, json_: bool, cache_dir: Path | None) 
     _state["verbose"] = verbose
     setup_logging(verbose)
     ctx.obj = App(verbose=verbose, json=json_, cache_dir=cache_dir or default_cache_dir())
-
-
-for _command in COMMANDS:
-    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
