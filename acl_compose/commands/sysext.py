@@ -1,7 +1,108 @@
-"""`acl-compose sysext` commands (placeholder until the issue lands)."""
+"""`acl-compose sysext build|check`: signed system extension images and pre-boot checks."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from acl_compose import sysext
+from acl_compose.ui import App, pass_app, step, warn
+
+
+@click.group("sysext")
+def sysext_group() -> None:
+    """Build signed systemd-sysext images from bundles, and check them before boot."""
+
+
+@sysext_group.command("build")
+@click.argument("bundle_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory for NAME.raw.",
+)
+@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Signing key (PEM).")
+@click.option(
+    "--cert", type=click.Path(dir_okay=False, path_type=Path), help="Certificate matching --key."
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File whose first line is the key passphrase.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ddi", "raw"]),
+    default="ddi",
+    show_default=True,
+    help="GPT disk image, or bare filesystem with side files.",
+)
+@pass_app
+def build_cmd(
+    app: App,
+    bundle_dir: Path,
+    out_dir: Path,
+    key: Path | None,
+    cert: Path | None,
+    passphrase_file: Path | None,
+    fmt: str,
+) -> None:
+    """Build OUT_DIR/<name>.raw from BUNDLE_DIR (sysext.yaml + files/)."""
+    from acl_compose import signing
+
+    passphrase = signing.read_passphrase(passphrase_file) if passphrase_file else None
+    with step(f"building sysext from {bundle_dir}"):
+        result = sysext.build(
+            bundle_dir,
+            out_dir,
+            key=key,
+            cert=cert,
+            passphrase=passphrase,
+            fmt=fmt,
+            cache_dir=app.cache_dir,
+        )
+    if not result["signed"]:
+        warn(f"{result['path']} is unsigned: pass --key and --cert to sign its dm-verity root hash")
+    lines = [
+        f"{result['path']}: {result['name']} {result['version']} ({fmt}, "
+        f"{'signed' if result['signed'] else 'unsigned'})",
+        f"  root hash: {result['root_hash']}",
+        f"  sha256:    {result['sha256']}",
+    ]
+    for kind, path in result.get("side_files", {}).items():
+        lines.append(f"  {kind}: {path}")
+    app.emit(result, lines)
+
+
+@sysext_group.command("check")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--base",
+    "base",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="os-release of the base image.",
+)
+@click.option(
+    "--cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Certificate the images must be signed with.",
+)
+@pass_app
+@click.pass_context
+def check_cmd(
+    ctx: click.Context, app: App, images: tuple[Path, ...], base: Path, cert: Path | None
+) -> None:
+    """Check offline that systemd-sysext on BASE would merge each IMAGE (exit 0 if all do)."""
+    results = sysext.check(list(images), base, cert=cert)
+    app.emit([r.to_json() for r in results], [r.line() for r in results])
+    if not all(r.ok for r in results):
+        ctx.exit(1)
+
+
+COMMANDS: list[click.Command] = [sysext_group]
