@@ -1,7 +1,90 @@
-"""`acl-compose compose` commands (placeholder until the issue lands)."""
+"""`acl-compose compose|inspect|verify`: one manifest in, one signed, verifiable release out."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from acl_compose.ui import App, pass_app
+
+
+@click.command("compose")
+@click.argument(
+    "manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path)
+)
+@click.option(
+    "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="Release directory to write (replaced atomically when everything succeeded).",
+)  # fmt: skip
+@click.option("--base-url", help="Override base.base_url (e.g. a loopback testbed server).")
+@click.option(
+    "--base-path", type=click.Path(path_type=Path), help="Override base with a local image."
+)
+@click.option("--trusted-key", help="Override base.trusted_key (OpenPGP fingerprint).")
+@click.option(
+    "--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Override base.keyring."
+)
+@click.option("--offline", is_flag=True, help="Use only cached base artifacts.")
+@pass_app
+def compose_cmd(
+    app: App,
+    manifest_path: Path,
+    out_dir: Path,
+    base_url: str | None,
+    base_path: Path | None,
+    trusted_key: str | None,
+    keyring: Path | None,
+    offline: bool,
+) -> None:
+    """Compose the release described by MANIFEST into OUT_DIR, signed."""
+    from acl_compose import compose, manifest
+
+    overrides = {
+        "base_url": base_url,
+        "path": base_path,
+        "trusted_key": trusted_key,
+        "keyring": keyring,
+        "offline": offline,
+    }
+    m = manifest.load(manifest_path, overrides)
+    release = compose.compose(m, out_dir, app.cache_dir)
+    lines = [
+        f"{out_dir}/{o['file']}  {o['format']}  sha256 {o['sha256']}" for o in release["outputs"]
+    ]
+    lines += [f"{out_dir}/release.json", f"{out_dir}/release.json.p7s"]
+    app.emit(release, lines)
+
+
+@click.command("inspect")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--no-verify", is_flag=True, help="Skip recomputing the /usr hash tree.")
+@pass_app
+def inspect_cmd(app: App, image_path: Path, no_verify: bool) -> None:
+    """Show what a disk image holds: partitions, version, verity, OEM, Ignition, sysexts."""
+    from acl_compose import inspect
+
+    report = inspect.inspect_image(image_path, verify_usr=not no_verify)
+    app.emit(report, inspect.format_text(report))
+
+
+@click.command("verify")
+@click.argument("out_dir", metavar="OUT_DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--cert", "cert", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="The release signing certificate you trust (PEM).",
+)  # fmt: skip
+@pass_app
+def verify_cmd(app: App, out_dir: Path, cert: Path) -> None:
+    """Check a composed release offline; exit 0 only if everything holds."""
+    from acl_compose import release_verify
+
+    rep = release_verify.verify_release(out_dir, cert)
+    app.emit(
+        rep.to_json(),
+        [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in rep.checks],
+    )
+    release_verify.raise_on_failure(rep)
+
+
+COMMANDS: list[click.Command] = [compose_cmd, inspect_cmd, verify_cmd]
