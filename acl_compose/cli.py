@@ -13,8 +13,7 @@ from pathlib import Path
 
 import click
 
-from acl_compose import __version__
-from acl_compose import commands
+from acl_compose import __version__, commands
 from acl_compose.errors import AclComposeError
 from acl_compose.ui import App, setup_logging
 from acl_compose.util import default_cache_dir
