@@ -41,7 +41,10 @@ ENABLE = (
     "systemd-networkd.service",
     "acl-sshd-keygen.service",
     "acl-first-boot-done.service",
+    "acl-ignition-presets.service",
     "ssh.service",
+    # Flatcar merges /etc/extensions at boot; Debian leaves the unit disabled.
+    "systemd-sysext.service",
 )
 PACKAGE_MANAGER = ("apt", "dpkg")
 
