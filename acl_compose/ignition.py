@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from acl_compose import ui
+from acl_compose import ui, yamlpos
 from acl_compose.errors import InputError
 from acl_compose.ignition_merge import canonical, merge
 from acl_compose.ignition_validate import (
@@ -100,81 +100,20 @@ def resource_bytes(res: dict[str, Any]) -> bytes:
 # --- YAML with positions ------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """safe_load semantics, plus: the (line, col) of every key and item, raw scalar text of
-    values, and duplicate keys refused."""
-
-    filename = "<yaml>"
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.located: dict[int, dict[Any, tuple[int, int, str | None]]] = {}
-        self.keep: list[Any] = []  # keeps ids stable while marks refer to them
-
-    def construct_located_map(self, node: yaml.MappingNode) -> Any:
-        data: dict[Any, Any] = {}
-        yield data
-        self.flatten_mapping(node)
-        marks = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=False)
-            line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-            if not isinstance(key, str | int | bool | float) or key is None:
-                raise IgnitionError([f"{self.filename}:{line}:{col}: keys must be strings"])
-            if key in data:
-                raise IgnitionError([f"{self.filename}:{line}:{col}: duplicate key {key!r}"])
-            data[key] = self.construct_object(value_node, deep=False)
-            raw = value_node.value if isinstance(value_node, yaml.ScalarNode) else None
-            marks[key] = (line, col, raw)
-        self.located[id(data)] = marks
-        self.keep.append(data)
-
-    def construct_located_seq(self, node: yaml.SequenceNode) -> Any:
-        data: list[Any] = []
-        yield data
-        marks = {}
-        for i, child in enumerate(node.value):
-            data.append(self.construct_object(child, deep=False))
-            marks[i] = (child.start_mark.line + 1, child.start_mark.column + 1, None)
-        self.located[id(data)] = marks
-        self.keep.append(data)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_located_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_located_seq)
-
-
-def load_yaml(text: str, filename: str) -> tuple[Any, Locator, dict[KeyPath, str | None]]:
-    """Parse YAML; returns (data, locator with positions per key path, raw scalar texts)."""
-    loader = _Loader(text)
-    loader.filename = filename
+def load_yaml(text: str, filename: str) -> tuple[yamlpos.Located, Locator]:
+    """Parse YAML; returns it with its positions, and a locator for error messages."""
     try:
-        data = loader.get_single_data()
+        located = yamlpos.load(text)
+    except yamlpos.BadKeyError as e:
+        line, col = e.problem_mark.line + 1, e.problem_mark.column + 1
+        raise IgnitionError([f"{filename}:{line}:{col}: {e.problem}"]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
         raise IgnitionError([f"{where}: invalid YAML: {e.problem or e.context}"]) from None
     except yaml.YAMLError as e:
         raise IgnitionError([f"{filename}: invalid YAML: {e}"]) from None
-    finally:
-        loader.dispose()
-    positions: dict[KeyPath, tuple[int, int]] = {(): (1, 1)}
-    raws: dict[KeyPath, str | None] = {}
-
-    def walk(obj: Any, path: KeyPath) -> None:
-        marks = loader.located.get(id(obj), {})
-        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
-        for key, val in items:
-            if key in marks:
-                line, col, raw = marks[key]
-                positions[path + (key,)] = (line, col)
-                raws[path + (key,)] = raw
-            if isinstance(val, dict | list):
-                walk(val, path + (key,))
-
-    if isinstance(data, dict | list):
-        walk(data, ())
-    return data, Locator(filename, positions, origin={}), raws
+    return located, Locator(filename, {(): (1, 1), **located.positions}, origin={})
 
 
 # --- Butane -> Ignition --------------------------------------------------------------------------
@@ -185,7 +124,7 @@ class _Translator:
         self,
         version: str,
         locator: Locator,
-        raws: dict[KeyPath, str | None],
+        raws: dict[KeyPath, str],
         files_dir: Path | None,
         report: Report,
     ) -> None:
@@ -425,7 +364,8 @@ def render_text(
     files_dir: str | os.PathLike[str] | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, Any]:
-    data, locator, raws = load_yaml(text, filename)
+    located, locator = load_yaml(text, filename)
+    data = located.data
     report = Report(locator)
     if not isinstance(data, dict):
         report.error_at_source((), "expected a mapping with variant: flatcar and version:")
@@ -444,7 +384,7 @@ def render_text(
         )
     report.raise_if_errors(hint="start the file with `variant: flatcar` and `version: 1.0.0`")
     version = BUTANE_VERSIONS[bversion]
-    tr = _Translator(version, locator, raws, Path(files_dir) if files_dir else None, report)
+    tr = _Translator(version, locator, located.raws, Path(files_dir) if files_dir else None, report)
     tr.origin[()] = ()
     tr.origin[("ignition", "version")] = ("version",)
     body = tr.obj(data, tr.root, (), ())

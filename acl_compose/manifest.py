@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from acl_compose import yamlpos
 from acl_compose.errors import InputError
 
 OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
@@ -23,34 +24,6 @@ CHANNELS = ("alpha", "beta", "stable", "lts")
 BOARDS = ("amd64-usr", "arm64-usr")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class _Str(str):
-    """A YAML string that remembers where it was written."""
-
-    line: int = 0
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping key and scalar value."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        mapping = super().construct_mapping(node, deep=deep)
-        lines = {}
-        for key_node, _value_node in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            lines[key] = key_node.start_mark.line + 1
-        mapping["__lines__"] = lines  # type: ignore[index]
-        mapping["__line__"] = node.start_mark.line + 1  # type: ignore[index]
-        return mapping
-
-    def construct_yaml_str(self, node: yaml.ScalarNode) -> _Str:  # type: ignore[override]
-        s = _Str(super().construct_scalar(node))
-        s.line = node.start_mark.line + 1
-        return s
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:str", _LineLoader.construct_yaml_str)
 
 
 @dataclass
@@ -91,10 +64,14 @@ class Manifest:
 
 
 class _Ctx:
-    """Error helper bound to the manifest file."""
+    """Error helper bound to the manifest file and its YAML positions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, loc: yamlpos.Located) -> None:
         self.path = path
+        self.loc = loc
+
+    def line(self, *ypath: str | int, default: int = 0) -> int:
+        return self.loc.line(ypath, default)
 
     def err(self, line: int, where: str, msg: str, hint: str | None = None) -> InputError:
         return InputError(
@@ -105,14 +82,11 @@ class _Ctx:
     def mapping(self, node: Any, where: str, line: int, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(node, dict):
             raise self.err(line, where, f"expected a mapping, got {_kind(node)}")
-        lines = node.get("__lines__", {})
         for key in node:
-            if key in ("__lines__", "__line__"):
-                continue
             if key not in allowed:
                 raise self.err(
-                    lines.get(key, line),
-                    f"{where}.{key}" if where else str(key),
+                    self.line(*_ypath(where), key),
+                    _join(where, key),
                     "unknown key",
                     hint=f"allowed keys here: {', '.join(sorted(allowed))}",
                 )
@@ -121,11 +95,12 @@ class _Ctx:
     def string(
         self, node: dict[str, Any], key: str, where: str, required: bool = False
     ) -> str | None:
-        line = node.get("__lines__", {}).get(key, node.get("__line__", 0))
         if key not in node or node[key] is None:
             if required:
-                raise self.err(node.get("__line__", 0), _join(where, key), "required key missing")
+                line = self.loc.start(_ypath(where))[0]
+                raise self.err(line, _join(where, key), "required key missing")
             return None
+        line = self.line(*_ypath(where), key)
         value = node[key]
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise self.err(line, _join(where, key), f"expected a string, got {_kind(value)}")
@@ -166,6 +141,10 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
+def _ypath(where: str) -> tuple[str, ...]:
+    return (where,) if where else ()  # mappings are at most one level deep
+
+
 def _kind(v: Any) -> str:
     if v is None:
         return "nothing"
@@ -182,7 +161,6 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
     Accepted override keys: base_url, trusted_key, keyring, offline, path.
     """
     path = Path(path).resolve()
-    ctx = _Ctx(path)
     try:
         text = path.read_text()
     except OSError as e:
@@ -190,7 +168,7 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
             f"{path}: cannot read manifest: {e.strerror}", hint="check the path"
         ) from e
     try:
-        doc = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        loc = yamlpos.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else 0
@@ -198,6 +176,8 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
         raise InputError(
             f"{path}:{line}: invalid YAML: {problem}", hint="fix the YAML syntax"
         ) from e
+    ctx = _Ctx(path, loc)
+    doc = loc.data
     if doc is None:
         raise ctx.err(1, "manifest", "file is empty")
     top = ctx.mapping(
@@ -215,19 +195,20 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
             "source_date_epoch",
         },
     )
-    lines = top["__lines__"]
 
     name = ctx.string(top, "name", "", required=True) or ""
     version = ctx.string(top, "version", "", required=True) or ""
     for key, value in (("name", name), ("version", version)):
         if not _NAME_RE.match(value):
             raise ctx.err(
-                lines[key], key, f"{value!r} is not a valid name (letters, digits, '.', '_', '-')"
+                ctx.line(key),
+                key,
+                f"{value!r} is not a valid name (letters, digits, '.', '_', '-')",
             )
 
     if "base" not in top or top["base"] is None:
         raise ctx.err(1, "base", "required key missing")
-    base = _load_base(ctx, top["base"], lines["base"], overrides or {})
+    base = _load_base(ctx, top["base"], ctx.line("base"), overrides or {})
 
     if "signing" not in top or top["signing"] is None:
         raise ctx.err(
@@ -237,16 +218,17 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
             hint="add signing: {key: ..., cert: ...} (make them with `acl-compose keys generate`)",
         )
     sg = ctx.mapping(
-        top["signing"], "signing", lines["signing"], {"key", "cert", "passphrase_file"}
+        top["signing"], "signing", ctx.line("signing"), {"key", "cert", "passphrase_file"}
     )
-    sg_lines = sg["__lines__"]
     key = ctx.string(sg, "key", "signing", required=True) or ""
     cert = ctx.string(sg, "cert", "signing", required=True) or ""
     pf = ctx.string(sg, "passphrase_file", "signing")
     signing = Signing(
-        key=ctx.path_value(key, sg_lines["key"], "signing.key"),
-        cert=ctx.path_value(cert, sg_lines["cert"], "signing.cert"),
-        passphrase_file=ctx.path_value(pf, sg_lines["passphrase_file"], "signing.passphrase_file")
+        key=ctx.path_value(key, ctx.line("signing", "key"), "signing.key"),
+        cert=ctx.path_value(cert, ctx.line("signing", "cert"), "signing.cert"),
+        passphrase_file=ctx.path_value(
+            pf, ctx.line("signing", "passphrase_file"), "signing.passphrase_file"
+        )
         if pf
         else None,
     )
@@ -255,26 +237,24 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
     for i, p in enumerate(sysexts):
         if p.is_dir() and not (p / "sysext.yaml").is_file():
             raise ctx.err(
-                _item_line(top, "sysexts", i),
+                ctx.line("sysexts", i),
                 f"sysexts[{i}]",
                 f"{p} is a directory without sysext.yaml",
                 hint="give a bundle directory or a prebuilt .raw image",
             )
         if p.is_file() and p.suffix != ".raw":
-            raise ctx.err(
-                _item_line(top, "sysexts", i), f"sysexts[{i}]", f"{p} is not a .raw image"
-            )
+            raise ctx.err(ctx.line("sysexts", i), f"sysexts[{i}]", f"{p} is not a .raw image")
     ignition = _path_list(ctx, top, "ignition")
     for i, p in enumerate(ignition):
         if not p.is_file():
-            raise ctx.err(_item_line(top, "ignition", i), f"ignition[{i}]", f"{p} is not a file")
+            raise ctx.err(ctx.line("ignition", i), f"ignition[{i}]", f"{p} is not a file")
 
     outputs = ["raw"]
     if "outputs" in top:
         raw = top["outputs"]
         if not isinstance(raw, list) or not raw:
             raise ctx.err(
-                lines["outputs"],
+                ctx.line("outputs"),
                 "outputs",
                 f"expected a non-empty list of {', '.join(OUTPUT_FORMATS)}",
             )
@@ -282,7 +262,7 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
         for i, item in enumerate(raw):
             if item not in OUTPUT_FORMATS:
                 raise ctx.err(
-                    getattr(item, "line", lines["outputs"]),
+                    ctx.line("outputs", i) if isinstance(item, str) else ctx.line("outputs"),
                     f"outputs[{i}]",
                     f"unknown format {item!r}",
                     hint=f"use any of: {', '.join(OUTPUT_FORMATS)}",
@@ -294,14 +274,14 @@ def load(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) 
     if top.get("source_date_epoch") is not None:
         v = top["source_date_epoch"]
         if isinstance(v, str):
-            v = ctx.expand(v, lines["source_date_epoch"], "source_date_epoch")
+            v = ctx.expand(v, ctx.line("source_date_epoch"), "source_date_epoch")
         try:
             sde = int(v)
             if sde < 0:
                 raise ValueError
         except (TypeError, ValueError):
             raise ctx.err(
-                lines["source_date_epoch"],
+                ctx.line("source_date_epoch"),
                 "source_date_epoch",
                 f"{v!r} is not a non-negative integer",
             ) from None
@@ -331,7 +311,6 @@ def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Ba
         "offline",
     }
     b = ctx.mapping(node, "base", line, allowed)
-    bl = b["__lines__"]
     base = Base()
     path_s = (
         str(Path(overrides["path"]).resolve())
@@ -342,12 +321,12 @@ def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Ba
     if path_s:
         if remote_keys and "path" in b:
             raise ctx.err(
-                bl[remote_keys[0]],
+                ctx.line("base", remote_keys[0]),
                 f"base.{remote_keys[0]}",
                 "cannot be combined with base.path",
                 hint="use either base.path or channel/release/base_url",
             )
-        base.path = ctx.path_value(str(path_s), bl.get("path", line), "base.path")
+        base.path = ctx.path_value(str(path_s), ctx.line("base", "path", default=line), "base.path")
     for key in ("channel", "release", "board", "base_url", "trusted_key"):
         if overrides.get(key):  # the command line wins; do not even expand the manifest's value
             continue
@@ -356,20 +335,22 @@ def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Ba
             setattr(base, key, v)
     if base.channel not in CHANNELS:
         raise ctx.err(
-            bl.get("channel", line),
+            ctx.line("base", "channel", default=line),
             "base.channel",
             f"{base.channel!r} is not one of {', '.join(CHANNELS)}",
         )
     if base.board not in BOARDS:
         raise ctx.err(
-            bl.get("board", line), "base.board", f"{base.board!r} is not one of {', '.join(BOARDS)}"
+            ctx.line("base", "board", default=line),
+            "base.board",
+            f"{base.board!r} is not one of {', '.join(BOARDS)}",
         )
     kr = None if overrides.get("keyring") else ctx.string(b, "keyring", "base")
     if kr:
-        base.keyring = ctx.path_value(kr, bl["keyring"], "base.keyring")
+        base.keyring = ctx.path_value(kr, ctx.line("base", "keyring"), "base.keyring")
     if "offline" in b:
         if not isinstance(b["offline"], bool):
-            raise ctx.err(bl["offline"], "base.offline", "expected true or false")
+            raise ctx.err(ctx.line("base", "offline"), "base.offline", "expected true or false")
         base.offline = b["offline"]
     for key in ("base_url", "trusted_key", "offline", "channel", "release"):
         if overrides.get(key) not in (None, False):
@@ -385,18 +366,14 @@ def _path_list(ctx: _Ctx, top: dict[str, Any], key: str) -> list[Path]:
     if key not in top or top[key] is None:
         return []
     value = top[key]
-    line = top["__lines__"][key]
+    line = ctx.line(key)
     if not isinstance(value, list):
         raise ctx.err(line, key, f"expected a list of paths, got {_kind(value)}")
     out = []
     for i, item in enumerate(value):
-        item_line = getattr(item, "line", line)
         if not isinstance(item, str):
-            raise ctx.err(item_line, f"{key}[{i}]", f"expected a path, got {_kind(item)}")
+            raise ctx.err(line, f"{key}[{i}]", f"expected a path, got {_kind(item)}")
+        item_line = ctx.line(key, i)
         s = ctx.expand(item, item_line, f"{key}[{i}]")
         out.append(ctx.path_value(s, item_line, f"{key}[{i}]"))
     return out
-
-
-def _item_line(top: dict[str, Any], key: str, i: int) -> int:
-    return getattr(top[key][i], "line", top["__lines__"][key])

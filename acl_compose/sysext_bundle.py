@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from acl_compose import yamlpos
 from acl_compose.errors import InputError, PolicyError
 from acl_compose.osrelease import format_os_release
 
@@ -50,52 +51,6 @@ DEFAULT_COMPRESSION = {"erofs": "lz4hc", "squashfs": "gzip"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|path|target|mount)$")
 EXTENSION_RELEASE_DIR = "usr/lib/extension-release.d"
-
-
-# ---------------------------------------------------------------- YAML with line numbers
-class _Map(dict):
-    """A mapping that remembers where it and each of its keys came from."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-    raw: dict[str, str]
-
-
-class _List(list):
-    line: int = 0
-    item_lines: list[int]
-
-
-class _MarkLoader(yaml.SafeLoader):
-    """yaml.SafeLoader (same constructors, no arbitrary objects) that records line numbers."""
-
-
-def _construct_map(loader: _MarkLoader, node: yaml.MappingNode) -> _Map:
-    m = _Map()
-    m.line = node.start_mark.line + 1
-    m.key_lines = {}
-    m.raw = {}
-    loader.flatten_mapping(node)
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str):
-            raise InputError(f"line {key_node.start_mark.line + 1}: keys must be strings")
-        m[key] = loader.construct_object(value_node, deep=True)
-        m.key_lines[key] = key_node.start_mark.line + 1
-        if isinstance(value_node, yaml.ScalarNode):
-            m.raw[key] = value_node.value
-    return m
-
-
-def _construct_list(loader: _MarkLoader, node: yaml.SequenceNode) -> _List:
-    lst = _List(loader.construct_object(n, deep=True) for n in node.value)
-    lst.line = node.start_mark.line + 1
-    lst.item_lines = [n.start_mark.line + 1 for n in node.value]
-    return lst
-
-
-_MarkLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-_MarkLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_list)
 
 
 # ---------------------------------------------------------------- the bundle model
@@ -149,16 +104,15 @@ def _err(where: str, msg: str, hint: str | None = None) -> InputError:
     return InputError(f"{where}: {msg}", hint=hint or "see the bundle format in sysext/README.md")
 
 
-def _scalar_str(m: _Map, key: str, where: str) -> str:
-    value = m[key]
+def _scalar_str(value: Any, raw: str | None, key: str, where: str) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
         raise _err(where, f"{key} must be a string, got {value!r}")
     # Numbers such as `version: 1.0` are taken as written, not as floats.
-    return m.raw.get(key, str(value)) if not isinstance(value, str) else value
+    return value if isinstance(value, str) else raw if raw is not None else str(value)
 
 
-def _parse_mode(m: _Map, where: str) -> int:
-    raw = m.raw.get("mode", str(m["mode"]))
+def _parse_mode(value: Any, raw: str | None, where: str) -> int:
+    raw = raw if raw is not None else str(value)
     text = raw.strip().lower().removeprefix("0o")
     if not re.fullmatch(r"[0-7]{1,4}", text):
         raise _err(where, f"mode {raw!r} is not an octal mode like 0644")
@@ -174,18 +128,22 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             f"{manifest} not found", hint="a bundle is a directory with sysext.yaml and files/"
         )
     try:
-        data = yaml.load(manifest.read_text(encoding="utf-8"), Loader=_MarkLoader)  # noqa: S506
+        loc = yamlpos.load(manifest.read_text(encoding="utf-8"))
+    except yamlpos.BadKeyError as e:
+        raise InputError(f"{manifest}: line {e.problem_mark.line + 1}: {e.problem}") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise InputError(f"{manifest}{line}: invalid YAML: {getattr(e, 'problem', e)}") from e
-    except InputError as e:
-        raise InputError(f"{manifest}: {e.message}") from e
-    if not isinstance(data, _Map):
+    data = loc.data
+    if not isinstance(data, dict):
         raise _err(f"{manifest}:1", "expected a mapping of bundle fields")
 
     def at(key: str) -> str:
-        return f"{manifest}:{data.key_lines.get(key, data.line)}"
+        return f"{manifest}:{loc.line((key,))}"
+
+    def text(key: str) -> str:
+        return _scalar_str(data[key], loc.raw((key,)), key, at(key))
 
     for key in data:
         if key not in TOP_KEYS:
@@ -194,40 +152,40 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             )
     for key in ("name", "version"):
         if key not in data:
-            raise _err(f"{manifest}:{data.line}", f"missing required key {key!r}")
+            raise _err(f"{manifest}:{loc.start(())[0]}", f"missing required key {key!r}")
     b = Bundle(
         directory=directory,
         manifest=manifest,
-        name=_scalar_str(data, "name", at("name")),
-        version=_scalar_str(data, "version", at("version")),
+        name=text("name"),
+        version=text("version"),
     )
     for key in ("name", "version"):
         if not _NAME.match(getattr(b, key)):
             raise _err(at(key), f"{key} {getattr(b, key)!r} may only use letters, digits and _.+-")
     if "description" in data:
-        b.description = _scalar_str(data, "description", at("description"))
+        b.description = text("description")
     if "os" in data:
-        b.os = _scalar_str(data, "os", at("os"))
+        b.os = text("os")
         if not re.fullmatch(r"[a-z0-9._-]+|_any", b.os):
             raise _err(at("os"), f"os {b.os!r} is not an os-release ID (lowercase) or _any")
     if "version_id" in data:
-        b.version_id = _scalar_str(data, "version_id", at("version_id"))
+        b.version_id = text("version_id")
         b.sysext_level = None
     if "sysext_level" in data:
-        b.sysext_level = _scalar_str(data, "sysext_level", at("sysext_level"))
+        b.sysext_level = text("sysext_level")
     if "architecture" in data:
-        b.architecture = _scalar_str(data, "architecture", at("architecture"))
+        b.architecture = text("architecture")
         if b.architecture not in ARCHITECTURES:
             raise _err(
                 at("architecture"), f"architecture must be one of {', '.join(ARCHITECTURES)}"
             )
     if "filesystem" in data:
-        b.filesystem = _scalar_str(data, "filesystem", at("filesystem"))
+        b.filesystem = text("filesystem")
         if b.filesystem not in COMPRESSIONS:
             raise _err(at("filesystem"), "filesystem must be erofs or squashfs")
     b.compression = DEFAULT_COMPRESSION[b.filesystem]
     if "compression" in data:
-        b.compression = _scalar_str(data, "compression", at("compression"))
+        b.compression = text("compression")
         if b.compression not in COMPRESSIONS[b.filesystem]:
             allowed = ", ".join(COMPRESSIONS[b.filesystem])
             raise _err(
@@ -250,7 +208,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         if not isinstance(units, list):
             raise _err(at("units"), "units must be a list of unit names")
         for i, unit in enumerate(units):
-            where = f"{manifest}:{units.item_lines[i]}"
+            where = f"{manifest}:{loc.line(('units', i))}"
             if not isinstance(unit, str) or not _UNIT.match(unit):
                 raise _err(where, f"{unit!r} is not a systemd unit name")
             b.units.append(unit)
@@ -259,25 +217,25 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         if not isinstance(files, list):
             raise _err(at("files"), "files must be a list of entries")
         for i, entry in enumerate(files):
-            b.files.append(
-                _file_entry(entry, f"{manifest}:{files.item_lines[i]}", files.item_lines[i])
-            )
+            b.files.append(_file_entry(entry, loc, ("files", i), manifest))
     return b
 
 
-def _file_entry(entry: Any, where: str, line: int) -> FileEntry:
-    if not isinstance(entry, _Map):
+def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest: Path) -> FileEntry:
+    line = loc.line(ypath)
+    where = f"{manifest}:{line}"
+    if not isinstance(entry, dict):
         raise _err(where, "each files entry must be a mapping with path and a source")
     for key in entry:
         if key not in FILE_KEYS:
             raise _err(
-                f"{where.rsplit(':', 1)[0]}:{entry.key_lines[key]}",
+                f"{manifest}:{loc.line(ypath + (key,))}",
                 f"unknown key {key!r} in files entry",
                 hint=f"known keys: {', '.join(sorted(FILE_KEYS))}",
             )
     if "path" not in entry:
         raise _err(where, "files entry without path")
-    path = _scalar_str(entry, "path", where)
+    path = _scalar_str(entry["path"], loc.raw(ypath + ("path",)), "path", where)
     if not path.startswith("/"):
         raise _err(where, f"path {path!r} must be absolute (e.g. /usr/lib/...)")
     norm = os.path.normpath(path)
@@ -290,7 +248,7 @@ def _file_entry(entry: Any, where: str, line: int) -> FileEntry:
     value = entry[src]
     if not isinstance(value, str):
         if src == "inline" and value is not None and not isinstance(value, (dict, list, bool)):
-            value = entry.raw.get(src, str(value))
+            value = _scalar_str(value, loc.raw(ypath + (src,)), src, where)
         else:
             raise _err(where, f"{src} of {path} must be a string")
     fe = FileEntry(path=norm, line=line, source=src, value=value)
@@ -304,7 +262,7 @@ def _file_entry(entry: Any, where: str, line: int) -> FileEntry:
     if "mode" in entry:
         if src == "symlink":
             raise _err(where, f"symlink {path} cannot have a mode")
-        fe.mode = _parse_mode(entry, where)
+        fe.mode = _parse_mode(entry["mode"], loc.raw(ypath + ("mode",)), where)
     return fe
 
 
