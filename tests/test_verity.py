@@ -373,6 +373,9 @@ def test_worker_failures_reach_the_parent(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(verity_tree, "POOL_MIN_BYTES", 0)
     monkeypatch.setattr(verity_tree, "TASK_BYTES", 64 << 10)
+    # Session fixtures (loopback servers) may leave threads running, which switches
+    # create() to the forkserver pool where the patches below do not reach: pin the fork path.
+    monkeypatch.setattr(verity_tree, "_can_fork", lambda: True)
     data = random_file(tmp_path / "d", 1 << 20, random.Random(14))
 
     def fails(*args: object) -> bytes:
