@@ -238,6 +238,16 @@ def add_ssh_key(config: dict[str, Any], pubkey: str, user: str = "core") -> dict
     return config
 
 
+# ssh's messages when the connection failed before authentication (the command never ran).
+_PREAUTH_FAILURES = (
+    b"banner exchange",
+    b"kex_exchange_identification",
+    b"Connection refused",
+    b"Connection reset",
+    b"Connection timed out",
+)
+
+
 def ssh_config_text(port: int, key: Path, host: str = "vm", user: str = "core") -> str:
     """An ssh_config stanza for the VM (testinfra drops --ssh-extra-args, so all goes here)."""
     return (
@@ -251,7 +261,7 @@ def ssh_config_text(port: int, key: Path, host: str = "vm", user: str = "core") 
         f"  UserKnownHostsFile /dev/null\n"
         f"  LogLevel ERROR\n"
         f"  BatchMode yes\n"
-        f"  ConnectTimeout 10\n"
+        f"  ConnectTimeout 30\n"
         f"  ServerAliveInterval 10\n"
         f"  ServerAliveCountMax 6\n"
     )
@@ -515,16 +525,30 @@ class VM:
         timeout: float = 60,
         check: bool = False,
         connect_timeout: int | None = None,
+        retries: int = 2,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run `command` in the guest as core over the VM's ssh_config."""
+        """Run `command` in the guest as core over the VM's ssh_config.
+
+        A connection that fails before authentication (under TCG a busy guest can miss the
+        banner deadline) never ran the command, so it is retried `retries` times.
+        """
         if not self.ssh_config:
             raise BootError("the VM was started without SSH", hint="start it with ssh=True")
         extra = ["-o", f"ConnectTimeout={connect_timeout}"] if connect_timeout else []
-        return run(
-            ["ssh", "-F", str(self.ssh_config), *extra, "vm", command],
-            check=check,
-            timeout=timeout,
-        )
+        argv = ["ssh", "-F", str(self.ssh_config), *extra, "vm", command]
+        for attempt in range(retries + 1):
+            proc = run(argv, check=False, timeout=timeout)
+            preauth = proc.returncode == 255 and any(m in proc.stderr for m in _PREAUTH_FAILURES)
+            if not preauth or attempt == retries:
+                break
+            time.sleep(2)
+        if check and proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise ToolError(
+                f"ssh {command!r} failed: {err[-1] if err else f'exit {proc.returncode}'}",
+                hint=f"console log: {self.console_log}",
+            )
+        return proc
 
     def wait_ssh(self, timeout: float | None = None, poll: float = 1.0) -> BootResult:
         """Wait until SSH answers and `systemctl is-system-running` says running or degraded."""
@@ -549,7 +573,9 @@ class VM:
                 # slirp accepts at once and the banner never comes while the guest boots:
                 # bound each attempt by the time left.
                 left = int(max(1, min(10, deadline - time.monotonic())))
-                proc = self.ssh("systemctl is-system-running", timeout=30, connect_timeout=left)
+                proc = self.ssh(
+                    "systemctl is-system-running", timeout=30, connect_timeout=left, retries=0
+                )
                 state = proc.stdout.decode(errors="replace").strip()
             except ToolError:
                 state = ""
