@@ -24,6 +24,7 @@ import yaml
 from acl_compose import yamlpos
 from acl_compose.errors import InputError, PolicyError
 from acl_compose.osrelease import format_os_release
+from acl_compose.sysext_policy import walk_sorted
 
 TOP_KEYS = {
     "name",
@@ -287,7 +288,7 @@ def input_digest(bundle: Bundle, extra: dict[str, Any], memo: dict[str, str] | N
         if f.source != "from":
             continue
         src = os.fspath(_source_path(bundle, f))
-        for rel, st in _walk_sorted(src):
+        for rel, st in walk_sorted(src):
             p = f"{src}/{rel}" if rel else src
             # Only what reaches the image: file type and the normalized mode, not the umask.
             fmt = stat.S_IFMT(st.st_mode)
@@ -319,29 +320,6 @@ def _file_sha256(path: str, st: os.stat_result, memo: dict[str, str] | None) -> 
     if memo is not None:
         memo[ident] = digest
     return digest
-
-
-def _walk_sorted(src: str | os.PathLike[str]) -> list[tuple[str, os.stat_result]]:
-    """(relative path, lstat) of src and everything below it, sorted by path.
-
-    Plain strings and scandir, not pathlib: this runs per file of possibly large trees.
-    """
-    top = os.fspath(src)
-    out = [("", os.lstat(top))]
-    if not stat.S_ISDIR(out[0][1].st_mode):
-        return out
-    pending = [("", top)]
-    while pending:
-        rel_dir, abs_dir = pending.pop()
-        with os.scandir(abs_dir) as it:
-            for entry in it:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
-                out.append((rel, st))
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append((rel, entry.path))
-    out.sort(key=lambda t: t[0])
-    return out
 
 
 def _source_path(bundle: Bundle, f: FileEntry) -> Path:
@@ -466,7 +444,7 @@ def _copy_tree(
     linked: set[tuple[int, int]],
 ) -> None:
     src_s, target_s = os.fspath(src), os.fspath(target)
-    for rel, st in _walk_sorted(src_s):
+    for rel, st in walk_sorted(src_s):
         s = f"{src_s}/{rel}" if rel else src_s
         t = f"{target_s}/{rel}" if rel else target_s
         ipath = f"{image_path}/{rel}" if rel else image_path

@@ -81,24 +81,36 @@ def _symlink_escapes(rel: str, target: str) -> str | None:
     return None
 
 
+def walk_sorted(src: str | os.PathLike[str]) -> list[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of src and everything below it, sorted by path.
+
+    Plain strings and scandir, not pathlib: this runs per file of possibly large trees.
+    """
+    top = os.fspath(src)
+    out = [("", os.lstat(top))]
+    if not stat.S_ISDIR(out[0][1].st_mode):
+        return out
+    pending = [("", top)]
+    while pending:
+        rel_dir, abs_dir = pending.pop()
+        with os.scandir(abs_dir) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                st = entry.stat(follow_symlinks=False)
+                out.append((rel, st))
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append((rel, entry.path))
+    out.sort(key=lambda t: t[0])
+    return out
+
+
 def check_tree(
     root: str | os.PathLike[str], allow_package_manager: bool = False
 ) -> list[Violation]:
     """All policy violations in the tree at `root`, in sorted path order."""
     root_s = os.fspath(root)
     found: list[Violation] = []
-    entries: list[tuple[str, os.stat_result]] = []
-    pending = [("", root_s)]
-    while pending:  # scandir with plain strings: this runs per file of large trees
-        rel_dir, abs_dir = pending.pop()
-        with os.scandir(abs_dir) as it:
-            for entry in it:
-                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
-                st = entry.stat(follow_symlinks=False)
-                entries.append((rel, st))
-                if stat.S_ISDIR(st.st_mode):
-                    pending.append((rel, entry.path))
-    entries.sort(key=lambda t: t[0])
+    entries = walk_sorted(root_s)[1:]  # everything below the root, sorted
     has_children = {posixpath.dirname(rel) for rel, _ in entries}
     for rel, st in entries:
         path = "/" + rel
