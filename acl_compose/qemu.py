@@ -10,8 +10,6 @@ Ctrl-C, SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -29,7 +27,8 @@ from typing import Any
 
 from acl_compose.bootfiles import kernel_boot_files
 from acl_compose.errors import AclComposeError, InputError, ToolError
-from acl_compose.run import require, run
+from acl_compose.kvm import choose_accel
+from acl_compose.run import kill_group, require, run, set_pdeathsig
 from acl_compose.ui import info, warn
 
 log = logging.getLogger("acl_compose")
@@ -38,10 +37,8 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 FW_CFG_NAMES = ("opt/org.flatcar-linux/config", "opt/com.coreos/config")
 FIRMWARES = ("uefi", "bios", "kernel")
-ACCELS = ("auto", "kvm", "tcg")
 # Seconds to reach SSH; TCG emulates every instruction, so it gets far more room.
 BOOT_TIMEOUT = {"kvm": 240.0, "tcg": 900.0}
-PROBE_EXIT = 0x2A
 # Console lines after which waiting longer for SSH is pointless.
 FATAL_CONSOLE = (
     "Kernel panic - not syncing",
@@ -50,7 +47,6 @@ FATAL_CONSOLE = (
     "Reached target emergency.target",
 )
 _ANSI = re.compile(rb"\x1b\[[0-9;?=]*[A-Za-z]")
-_PR_SET_PDEATHSIG = 1
 
 
 class BootError(AclComposeError):
@@ -69,96 +65,6 @@ class BootResult:
 
 
 # ---------------------------------------------------------------------------------------------
-# Accelerator probe
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-def _probe_payload(path: Path) -> None:
-    """A 64 KiB 'BIOS' whose reset vector runs x87 code, then exits QEMU via isa-debug-exit.
-
-    The broken nested KVM here runs trivial real-mode code but fails to emulate the FPU
-    (`KVM internal error ... emulation failure` and a hung guest), so the probe uses it.
-    """
-    code = bytes(
-        [
-            0x9B, 0xDB, 0xE3,  # fwait; fninit
-            0x0F, 0xA2,  # cpuid
-            0xB0, PROBE_EXIT,  # mov al, 0x2a
-            0xE6, 0xF4,  # out 0xf4, al  -> qemu exits with (0x2a << 1) | 1
-            0xF4, 0xEB, 0xFD,  # hlt; jmp back
-        ]
-    )  # fmt: skip
-    rom = bytearray(b"\xf4" * 65536)
-    rom[-16 : -16 + len(code)] = code
-    path.write_bytes(bytes(rom))
-
-
-def kvm_usable(cache_dir: Path | None = None, timeout: float = 5.0) -> tuple[bool, str]:
-    """Probe once per host boot whether a KVM guest actually runs; (usable, reason)."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is missing or not accessible"
-    cache = (cache_dir / "qemu" / f"kvm-probe-{_boot_id()}.json") if cache_dir else None
-    if cache and cache.is_file():
-        with contextlib.suppress(ValueError, KeyError, OSError):
-            data = json.loads(cache.read_text())
-            return bool(data["usable"]), str(data["reason"])
-    qemu = require("qemu-system-x86_64")
-    with tempfile.TemporaryDirectory(prefix="acl-kvm-probe-") as tmp:
-        rom = Path(tmp) / "probe.bin"
-        _probe_payload(rom)
-        argv = [qemu, "-accel", "kvm", "-bios", str(rom), "-display", "none", "-nodefaults"]
-        argv += ["-m", "16", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=_set_pdeathsig,  # a hung probe must not outlive a killed harness
-        )
-        try:
-            _, err = proc.communicate(timeout=timeout)
-            if proc.returncode == (PROBE_EXIT << 1) | 1:
-                usable, reason = True, "a probe guest ran under KVM"
-            else:
-                last = err.decode(errors="replace").strip().splitlines()
-                usable, reason = (
-                    False,
-                    f"probe guest failed under KVM ({last[-1] if last else proc.returncode})",
-                )
-        except subprocess.TimeoutExpired:
-            usable, reason = False, f"probe guest hung under KVM for {timeout:g}s"
-        finally:
-            _kill_group(proc)  # also on Ctrl-C during the probe
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"usable": usable, "reason": reason}))
-    return usable, reason
-
-
-_said_accel: set[str] = set()
-
-
-def choose_accel(accel: str = "auto", cache_dir: Path | None = None) -> str:
-    """Resolve `auto` to kvm or tcg (saying once on stderr why TCG was chosen)."""
-    if accel not in ACCELS:
-        raise InputError(f"unknown accelerator {accel!r}", hint="use auto, kvm or tcg")
-    if accel != "auto":
-        return accel
-    usable, reason = kvm_usable(cache_dir)
-    chosen = "kvm" if usable else "tcg"
-    if chosen == "tcg" and reason not in _said_accel:
-        _said_accel.add(reason)
-        warn(f"KVM not usable ({reason}); using TCG software emulation (slow)")
-    return chosen
-
-
-# ---------------------------------------------------------------------------------------------
 # Helpers
 
 
@@ -167,27 +73,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _set_pdeathsig() -> None:
-    """In the child: die with the parent, so a SIGKILLed harness leaves no QEMU behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """Terminate the process group led by `proc` (QEMU), escalating to SIGKILL."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def image_format(image: Path) -> str:
@@ -445,7 +330,7 @@ class VM:
                     stdout=err,
                     stderr=err,
                     start_new_session=True,  # its own process group, killed as a whole
-                    preexec_fn=_set_pdeathsig,
+                    preexec_fn=set_pdeathsig,
                 )
             self.started = time.monotonic()
             self.argv = argv
@@ -468,7 +353,7 @@ class VM:
         """Kill QEMU's process group and remove the temporary directory (unless keep)."""
         try:
             if self.proc is not None:
-                _kill_group(self.proc)
+                kill_group(self.proc)
         finally:
             if self.workdir and not self.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -110,3 +113,28 @@ def run(
             hint=hint or f"command was: {shlex.join(args)}",
         )
     return proc
+
+
+# Long-running children (QEMU) get their own process group and die with us.
+PR_SET_PDEATHSIG = 1
+
+
+def set_pdeathsig() -> None:
+    """In the child: die with the parent, so a SIGKILLed harness leaves no QEMU behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Terminate the process group led by `proc` (QEMU), escalating to SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from acl_compose import bootfiles, qemu
+from acl_compose import bootfiles, kvm, qemu
 from acl_compose.errors import InputError
 from acl_compose.util import sha256_file
 from tests.conftest import REPO, run_cli
@@ -105,26 +105,26 @@ def test_free_port_is_bindable() -> None:
 
 
 def test_kvm_probe_is_cached_per_boot(tmp_path: Path) -> None:
-    usable, reason = qemu.kvm_usable(tmp_path)
+    usable, reason = kvm.kvm_usable(tmp_path)
     assert isinstance(usable, bool) and reason
     cached = list((tmp_path / "qemu").glob("kvm-probe-*.json"))
-    assert len(cached) == 1 and qemu._boot_id() in cached[0].name
+    assert len(cached) == 1 and kvm._boot_id() in cached[0].name
     assert json.loads(cached[0].read_text()) == {"usable": usable, "reason": reason}
     start = time.monotonic()
-    assert qemu.kvm_usable(tmp_path) == (usable, reason)
+    assert kvm.kvm_usable(tmp_path) == (usable, reason)
     assert time.monotonic() - start < 0.5, "second probe was not served from the cache"
 
 
 def test_probe_payload_runs_under_tcg(tmp_path: Path) -> None:
     """The probe guest itself is sound: TCG runs it to the debug-exit port."""
     rom = tmp_path / "probe.bin"
-    qemu._probe_payload(rom)
+    kvm._probe_payload(rom)
     proc = subprocess.run(
         ["qemu-system-x86_64", "-accel", "tcg", "-bios", str(rom), "-display", "none",
          "-nodefaults", "-m", "16", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"],
         timeout=30,
     )  # fmt: skip
-    assert proc.returncode == (qemu.PROBE_EXIT << 1) | 1
+    assert proc.returncode == (kvm.PROBE_EXIT << 1) | 1
 
 
 def test_vm_overlay_leaves_image_untouched_and_teardown(blank_image: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from acl_compose import qemu, testing
+from acl_compose import kvm, qemu, testing
 from acl_compose.errors import VerificationError
 from acl_compose.ui import App, info, pass_app, warn
 
@@ -22,7 +22,7 @@ _firmware = click.option(
 )
 _accel = click.option(
     "--accel",
-    type=click.Choice(qemu.ACCELS),
+    type=click.Choice(kvm.ACCELS),
     default="auto",
     show_default=True,
     help="auto uses KVM only if a probe guest runs on it, else TCG.",

@@ -25,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from acl_compose import qemu  # noqa: E402
+from acl_compose import kvm, qemu  # noqa: E402
+from acl_compose.run import kill_group  # noqa: E402
 from acl_compose.util import default_cache_dir  # noqa: E402
 
 
@@ -89,7 +90,7 @@ def bare_boot(image: Path, accel: str) -> float:
         return wait_healthy(tmp / "ssh_config", proc, start, qemu.BOOT_TIMEOUT[accel])
     finally:
         if proc is not None:
-            qemu._kill_group(proc)
+            kill_group(proc)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -109,7 +110,7 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--rounds=")]
     rounds = int(next((a.split("=")[1] for a in sys.argv[1:] if a.startswith("--rounds=")), 2))
     image = Path(args[0]) if args else testbed_image()
-    accel = qemu.choose_accel("auto", default_cache_dir())
+    accel = kvm.choose_accel("auto", default_cache_dir())
     print(f"image {image}\naccelerator {accel}, firmware uefi (OVMF), 2 vCPUs, 2048 MiB")
     times: dict[str, list[float]] = {"bare": [], "harness": []}
     # Alternate the order (bare, harness, harness, bare, ...) so drifting load hits both.
