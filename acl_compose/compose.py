@@ -368,19 +368,11 @@ def build_sysexts(st: State) -> None:
 
 
 def _bundle_digest(bundle: Path, signer: str) -> str:
-    """Content hash of a bundle directory (paths, modes, bytes) and who signs it."""
-    h = hashlib.sha256(f"acl-compose {__version__}\0ddi\0{signer}\0".encode())
-    for dirpath, dirnames, filenames in os.walk(bundle):
-        dirnames.sort()
-        for name in sorted(filenames):
-            p = Path(dirpath, name)
-            rel = p.relative_to(bundle).as_posix()
-            h.update(f"{rel}\0{p.lstat().st_mode:o}\0".encode())
-            if p.is_symlink():
-                h.update(os.readlink(p).encode())
-            else:
-                h.update(bytes.fromhex(util.sha256_file(p)))
-    return h.hexdigest()
+    """The sysext build's own input digest, keyed further by tool version and signer."""
+    from acl_compose import sysext_bundle
+
+    extra = {"tool": __version__, "format": "ddi", "signer": signer}
+    return sysext_bundle.input_digest(sysext_bundle.load_bundle(bundle), extra)
 
 
 def _build_cached(st: State, src: Path, out: Path, passphrase: bytes | None) -> dict[str, Any]:

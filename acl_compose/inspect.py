@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from acl_compose import fs, gpt, usr
+from acl_compose import fs, gpt, usr, util
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.osrelease import parse_os_release
 from acl_compose.run import run
@@ -142,8 +142,6 @@ def check_sysext(
     work: Path,
 ) -> dict[str, Any]:
     """Copy one sysext out of ROOT and run `sysext.check` against the base and each cert."""
-    import hashlib
-
     from acl_compose import sysext
 
     tmp = work / "sysext" / entry["name"]
@@ -151,11 +149,7 @@ def check_sysext(
     img = tmp / f"{entry['name']}.raw"  # check wants the NAME.raw file name
     try:
         fs.ext4_dump(spec, entry["path"], img)
-        h = hashlib.sha256()
-        with open(img, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        entry["sha256"] = h.hexdigest()
+        entry["sha256"] = util.sha256_file(img)
         if os_release_file is None:
             entry["status"] = "not checked: no base os-release"
             return entry
