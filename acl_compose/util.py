@@ -4,16 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from acl_compose.errors import InputError
 
 CHUNK = 1 << 20
+
+
+def lazy_exports(package: str, api: dict[str, list[str]]) -> tuple[Any, Any, list[str]]:
+    """A stage package's public API, imported on first use (PEP 562).
+
+    `api` maps each inner module to the names it exports (a module may export itself). Callers
+    write `from acl_compose.fetch import fetch_release`; only the module that defines the name
+    is imported, so `acl-compose verity --help` does not pay for requests or cryptography.
+    """
+    where = {name: module for module, names in api.items() for name in names}
+
+    def __getattr__(name: str) -> Any:
+        if name not in where:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        module = importlib.import_module(f"{package}.{where[name]}")
+        return module if name == where[name] else getattr(module, name)
+
+    def __dir__() -> list[str]:
+        return sorted(where)
+
+    return __getattr__, __dir__, sorted(where)
 
 
 def default_cache_dir() -> Path:

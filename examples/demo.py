@@ -49,7 +49,7 @@ def demo_manifest(keys: Path) -> Path:
 
 
 def main() -> int:
-    from acl_compose.httpserve import serve
+    from acl_compose.fetch.httpserve import serve
 
     OUT.mkdir(exist_ok=True)
     timings: dict[str, float] = {}

@@ -39,7 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
     image = config.getoption("--image", default=None)
     if not image or getattr(config.option, "hosts", None):
         return
-    from acl_compose import qemu  # only needed when this plugin boots the VM itself
+    from acl_compose.boot import qemu  # only needed when this plugin boots the VM itself
 
     vm = qemu.VM(
         image,

@@ -22,7 +22,8 @@ def baked_config(image_path: Path | None, release: dict[str, Any] | None) -> dic
     """The image's OEM base/base.ign (parsed); skips when the image bakes none."""
     if image_path is None:
         pytest.skip("image path unknown: run via `acl-compose test` or `pytest --image`")
-    from acl_compose import gpt, inspect
+    from acl_compose.compose import inspect
+    from acl_compose.image import gpt
 
     with tempfile.TemporaryDirectory(prefix="acl-qemu-tests-") as tmp:
         with inspect.raw_view(image_path, Path(tmp)) as raw:

@@ -26,7 +26,8 @@ def baked(image_path: Path | None, release: dict[str, Any] | None) -> dict[str, 
     from the sources release.json records (they must hash to the recorded sha256)."""
     info = (release or {}).get("ignition") or {}
     if image_path is not None:
-        from acl_compose import gpt, inspect
+        from acl_compose.compose import inspect
+        from acl_compose.image import gpt
 
         with tempfile.TemporaryDirectory(prefix="acl-qemu-tests-") as tmp:
             with inspect.raw_view(image_path, Path(tmp)) as raw:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Independent reference data (never used by the shipped package).
-REFERENCE = REPO.parent / "shared" / "reference"
+# Independent reference data (never used by the shipped package); origins in its README.
+REFERENCE = REPO / "tests" / "data" / "reference"
 
 pytest_plugins = [
     "tests.fixtures_testbed",

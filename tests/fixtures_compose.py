@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from acl_compose import gpt, verity
+from acl_compose.image import gpt
+from acl_compose.trust import verity
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
@@ -161,13 +162,13 @@ class BaseSource:
 def _testbed_source(request: pytest.FixtureRequest) -> BaseSource:
     """The testbed release on loopback: the testbed stage's fixtures when they exist, else
     built (cached in the shared testbed cache) and served here."""
-    from acl_compose import gpg
+    from acl_compose.trust import gpg
 
     try:
         url = request.getfixturevalue("testbed_server")
         release = request.getfixturevalue("testbed_release")
     except pytest.FixtureLookupError:
-        from acl_compose.httpserve import serve
+        from acl_compose.fetch.httpserve import serve
         from acl_compose.testbed import DEFAULT_VERSION, build
 
         info = build(Path.home() / ".cache" / "acl-compose", DEFAULT_VERSION)

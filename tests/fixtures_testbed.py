@@ -58,7 +58,7 @@ def testbed_image(testbed_build: dict[str, Any]) -> Path:
 @pytest.fixture(scope="session")
 def testbed_server(testbed_release: Path) -> Iterator[str]:
     """Base URL (ending in '/') of the release tree served over HTTP on loopback."""
-    from acl_compose.httpserve import serve
+    from acl_compose.fetch.httpserve import serve
 
     with serve(testbed_release, "127.0.0.1", 0) as server:
         yield server.url

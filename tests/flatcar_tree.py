@@ -1,7 +1,7 @@
 """Test helpers: a throwaway OpenPGP key and a Flatcar-shaped, signed release tree.
 
 Also a fault-injecting HTTP handler for acl_compose.httpserve (drop, stall, HTML, 5xx, slow).
-Used by tests/test_fetch.py, tests/test_gpg.py and tests/bench/bench_fetch.py.
+Used by tests/fetch/test_fetcher.py, tests/trust/test_gpg.py and tests/bench/bench_fetch.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acl_compose.httpserve import RangeRequestHandler
+from acl_compose.fetch.httpserve import RangeRequestHandler
 
 VERSION = "3510.2.8"
 IMAGE = "flatcar_production_image.bin.bz2"

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import click
 
-from acl_compose import kvm, qemu, testing
+from acl_compose.boot import ACCELS, FIRMWARES, VM, boot_and_wait, run_suites
 from acl_compose.errors import VerificationError
 from acl_compose.ui import App, info, pass_app, warn
 
 _image = click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 _firmware = click.option(
     "--firmware",
-    type=click.Choice(qemu.FIRMWARES),
+    type=click.Choice(FIRMWARES),
     default="uefi",
     show_default=True,
     help="uefi: OVMF disk boot; bios: SeaBIOS; kernel: the ESP's kernel booted directly.",
 )
 _accel = click.option(
     "--accel",
-    type=click.Choice(kvm.ACCELS),
+    type=click.Choice(ACCELS),
     default="auto",
     show_default=True,
     help="auto uses KVM only if a probe guest runs on it, else TCG.",
@@ -73,7 +73,7 @@ def boot_cmd(
     """Boot IMAGE under QEMU (the image is never written) until Ctrl-C or power-off."""
     if command and not ssh:
         ssh = True
-    with qemu.VM(
+    with VM(
         image,
         firmware=firmware,
         accel=accel,
@@ -95,7 +95,7 @@ def boot_cmd(
             "workdir": str(vm.workdir) if keep else None,
         }
         if ssh:
-            result = qemu.boot_and_wait(vm)
+            result = boot_and_wait(vm)
             data.update(
                 ssh_port=vm.port,
                 ssh_config=str(vm.ssh_config),
@@ -187,7 +187,7 @@ def test_cmd(
             info(f"using {guess}")
         else:
             warn("no release.json: release-specific checks will be skipped")
-    result = testing.run_suites(
+    result = run_suites(
         image,
         suites=list(suites) or None,
         release_json=release_json,

@@ -38,7 +38,7 @@ def compose_cmd(
     offline: bool,
 ) -> None:
     """Compose the release described by MANIFEST into OUT_DIR, signed."""
-    from acl_compose import compose, manifest
+    from acl_compose.compose import compose, load_manifest
 
     overrides = {
         "base_url": base_url,
@@ -47,8 +47,8 @@ def compose_cmd(
         "keyring": keyring,
         "offline": offline,
     }
-    m = manifest.load(manifest_path, overrides)
-    release = compose.compose(m, out_dir, app.cache_dir)
+    m = load_manifest(manifest_path, overrides)
+    release = compose(m, out_dir, app.cache_dir)
     lines = [
         f"{out_dir}/{o['file']}  {o['format']}  sha256 {o['sha256']}" for o in release["outputs"]
     ]
@@ -62,10 +62,10 @@ def compose_cmd(
 @pass_app
 def inspect_cmd(app: App, image_path: Path, no_verify: bool) -> None:
     """Show what a disk image holds: partitions, version, verity, OEM, Ignition, sysexts."""
-    from acl_compose import inspect
+    from acl_compose.compose import format_text, inspect_image
 
-    report = inspect.inspect_image(image_path, verify_usr=not no_verify)
-    app.emit(report, inspect.format_text(report))
+    report = inspect_image(image_path, verify_usr=not no_verify)
+    app.emit(report, format_text(report))
 
 
 @click.command("verify")
@@ -77,14 +77,14 @@ def inspect_cmd(app: App, image_path: Path, no_verify: bool) -> None:
 @pass_app
 def verify_cmd(app: App, out_dir: Path, cert: Path) -> None:
     """Check a composed release offline; exit 0 only if everything holds."""
-    from acl_compose import release_verify
+    from acl_compose.compose import raise_on_failure, verify_release
 
-    rep = release_verify.verify_release(out_dir, cert)
+    rep = verify_release(out_dir, cert)
     app.emit(
         rep.to_json(),
         [f"{'ok  ' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}" for c in rep.checks],
     )
-    release_verify.raise_on_failure(rep)
+    raise_on_failure(rep)
 
 
 COMMANDS: list[click.Command] = [compose_cmd, inspect_cmd, verify_cmd]

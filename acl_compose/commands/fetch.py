@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from acl_compose.release import BOARDS, CHANNELS, CURRENT
+from acl_compose.fetch import BOARDS, CHANNELS, CURRENT
 from acl_compose.ui import App, pass_app
 
 
@@ -62,7 +62,7 @@ def fetch_cmd(
 
     Prints the verified files' paths, one per line (or a JSON object with --json).
     """
-    from acl_compose import fetch as fetch_mod  # lazy: requests is slow to import
+    from acl_compose import fetch as fetch_mod
 
     result = fetch_mod.fetch_release(
         cache_dir=app.cache_dir,

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from acl_compose import ignition
-from acl_compose.ignition_validate import IgnitionError, Locator
+from acl_compose.ignition import IgnitionError, Locator
 from acl_compose.ui import App, pass_app, warn
 from acl_compose.util import atomic_write
 

@@ -32,7 +32,7 @@ def generate_cmd(
     force: bool,
 ) -> None:
     """Write DIR/release.key (0600) and a self-signed DIR/release.crt (PEM)."""
-    from acl_compose import signing  # cryptography is slow to import: only when used
+    from acl_compose.trust import signing  # cryptography is slow to import: only when used
 
     passphrase = signing.read_passphrase(passphrase_file, passphrase_env)
     key_path, cert_path = signing.generate(

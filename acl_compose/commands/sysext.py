@@ -53,7 +53,7 @@ def build_cmd(
     fmt: str,
 ) -> None:
     """Build OUT_DIR/<name>.raw from BUNDLE_DIR (sysext.yaml + files/)."""
-    from acl_compose import signing
+    from acl_compose.trust import signing
 
     passphrase = signing.read_passphrase(passphrase_file) if passphrase_file else None
     with step(f"building sysext from {bundle_dir}"):

@@ -57,7 +57,7 @@ def build_cmd(app: App, output: Path | None, version: str | None, force: bool) -
 @pass_app
 def serve_cmd(app: App, directory: Path, port: int, bind: str) -> None:
     """Serve a release tree over HTTP until Ctrl-C; prints the --base-url for fetch."""
-    from acl_compose.httpserve import serve
+    from acl_compose.fetch import serve
 
     with serve(directory, bind, port) as server:
         app.emit(

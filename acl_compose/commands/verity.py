@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from acl_compose import verity
 from acl_compose.errors import InputError, VerificationError
+from acl_compose.trust import verity
 from acl_compose.ui import App, info, pass_app
 from acl_compose.util import atomic_write
 
@@ -178,7 +178,7 @@ def sign_cmd(
     output: Path,
 ) -> None:
     """Sign a root hash: DER PKCS#7 detached over its ASCII hex, as the kernel/systemd check."""
-    from acl_compose import signing  # cryptography is slow to import; format does not need it
+    from acl_compose.trust import signing  # cryptography is slow to import; format does not need it
 
     if (root_hash is None) == (root_hash_file is None):
         raise click.UsageError("give either ROOT_HASH or --root-hash-file")
@@ -216,7 +216,7 @@ def sign_cmd(
 @pass_app
 def check_signature_cmd(app: App, root_hash: str, signature: Path, cert_path: Path) -> None:
     """Check SIGNATURE (DER PKCS#7) over ROOT_HASH by --cert; exit 1 with the reason if not."""
-    from acl_compose import signing
+    from acl_compose.trust import signing
 
     cert = signing.load_cert(cert_path)
     try:

@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from acl_compose import ui, verity
+from acl_compose import ui
 from acl_compose.errors import InputError
 from acl_compose.run import run, which
 from acl_compose.testbed import disk, guest, sign
+from acl_compose.trust import verity
 from acl_compose.util import atomic_dir
 
 DEFAULT_VERSION = "9999.2.0"

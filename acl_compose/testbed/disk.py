@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from acl_compose import gpt
+from acl_compose.image import gpt
 from acl_compose.run import run
 
 MiB = 1 << 20

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from acl_compose import kvm, qemu  # noqa: E402
+from acl_compose.boot import kvm, qemu  # noqa: E402
 from acl_compose.run import kill_group  # noqa: E402
 from acl_compose.util import default_cache_dir  # noqa: E402
 
@@ -122,7 +122,7 @@ def main() -> int:
             print(f"round {r + 1} {kind:8s} {t:6.1f}s to SSH (system running)", flush=True)
     bare, harness = statistics.median(times["bare"]), statistics.median(times["harness"])
     print(f"bare qemu + ssh poll (median): {bare:6.1f}s")
-    print(f"acl_compose.qemu.VM (median):  {harness:6.1f}s")
+    print(f"acl_compose.boot.qemu.VM (median):  {harness:6.1f}s")
     print(f"harness set-up before QEMU runs (median): {statistics.median(SETUP):.2f}s")
     print(f"overhead ratio harness/bare: {harness / bare:.2f} (goal <= 1.1)")
     return 0

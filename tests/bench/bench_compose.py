@@ -23,8 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from acl_compose import signing  # noqa: E402
-from acl_compose.httpserve import serve  # noqa: E402
+from acl_compose.fetch.httpserve import serve  # noqa: E402
+from acl_compose.trust import signing  # noqa: E402
 from tests.fixtures_compose import build_mini_flatcar, write_manifest  # noqa: E402
 
 BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]

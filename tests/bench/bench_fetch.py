@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from acl_compose.httpserve import RangeRequestHandler, serve  # noqa: E402
+from acl_compose.fetch.httpserve import RangeRequestHandler, serve  # noqa: E402
 from tests.flatcar_tree import make_key, make_tree, publish  # noqa: E402
 
 BIG = "flatcar_production_image_big.bin"
@@ -129,7 +129,7 @@ def bench_decompress(work: Path, size_mib: int, runs: int) -> tuple[tuple[float,
 
 def _decompress_argv(src: Path, dest: Path, lbzip2: bool) -> list[str]:
     code = (
-        "import sys; from acl_compose.fetch import decompress;"
+        "import sys; from acl_compose.fetch.fetcher import decompress;"
         f" decompress(sys.argv[1], sys.argv[2], use_lbzip2={lbzip2})"
     )
     return [sys.executable, "-c", code, str(src), str(dest)]

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from acl_compose import signing
+from acl_compose.trust import signing
 
 
 def make_tree(root: Path, mb: int) -> None:

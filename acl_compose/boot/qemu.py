@@ -1,0 +1,496 @@
+"""Boot an image under QEMU and reach it over SSH; always tear the VM down.
+
+`VM` is a context manager: the image is never written (a qcow2 overlay per VM in a temporary
+directory), UEFI firmware by default (OVMF with a private copy of its variables), KVM only
+when a short probe proved a guest really runs on it (nested KVM here accepts guests and then
+hangs), the Ignition user config passed by fw_cfg, an ephemeral SSH key for user `core` and a
+port forward on 127.0.0.1. QEMU runs in its own process group, which is killed on exit,
+Ctrl-C, SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acl_compose.boot.kvm import choose_accel
+from acl_compose.errors import AclComposeError, InputError, ToolError
+from acl_compose.image.bootfiles import kernel_boot_files
+from acl_compose.run import kill_group, require, run, set_pdeathsig
+from acl_compose.ui import info, warn
+
+log = logging.getLogger("acl_compose")
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+FW_CFG_NAMES = ("opt/org.flatcar-linux/config", "opt/com.coreos/config")
+FIRMWARES = ("uefi", "bios", "kernel")
+# Seconds to reach SSH; TCG emulates every instruction, so it gets far more room.
+BOOT_TIMEOUT = {"kvm": 240.0, "tcg": 900.0}
+# Console lines after which waiting longer for SSH is pointless.
+FATAL_CONSOLE = (
+    "Kernel panic - not syncing",
+    "Entering emergency mode",
+    "You are in emergency mode",
+    "Reached target emergency.target",
+)
+_ANSI = re.compile(rb"\x1b\[[0-9;?=]*[A-Za-z]")
+
+
+class BootError(AclComposeError):
+    """The VM did not come up (QEMU died, timed out, or the system is not healthy)."""
+
+    hint = "see the console log named in the message; rerun with -v for QEMU's command line"
+
+
+@dataclass
+class BootResult:
+    """What `VM.wait_ssh` learned: how long it took and the system state."""
+
+    seconds: float
+    state: str
+    failed_units: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; QEMU may still lose a race, so callers retry."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def image_format(image: Path) -> str:
+    out = run(["qemu-img", "info", "--output=json", str(image)]).stdout
+    return str(json.loads(out)["format"])
+
+
+def generate_ssh_key(directory: Path) -> tuple[Path, str]:
+    """An ephemeral ed25519 key pair for one run: (private key path, public key line)."""
+    key = directory / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "acl-compose-vm", "-f", str(key)])
+    return key, key.with_suffix(".pub").read_text().strip()
+
+
+def load_user_config(path: Path | None) -> dict[str, Any]:
+    """Read an Ignition config (.ign JSON, or YAML rendered by acl_compose.ignition)."""
+    if path is None:
+        return {"ignition": {"version": "3.3.0"}}
+    if not path.is_file():
+        raise InputError(
+            f"{path}: Ignition config not found", hint="pass an existing .ign or .yaml"
+        )
+    if path.suffix in (".yaml", ".yml", ".bu"):
+        from acl_compose import ignition  # the ignition helper's module; only needed for YAML
+
+        return ignition.load(path)
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"{path}: not valid JSON: {e}", hint="pass an Ignition .ign file") from e
+    if not isinstance(config, dict) or "ignition" not in config:
+        raise InputError(f"{path}: no 'ignition' key", hint="pass an Ignition 3.x config")
+    return config
+
+
+def add_ssh_key(config: dict[str, Any], pubkey: str, user: str = "core") -> dict[str, Any]:
+    """Return a copy of `config` whose `user` also accepts `pubkey` (creating the user entry)."""
+    config = json.loads(json.dumps(config))
+    users = config.setdefault("passwd", {}).setdefault("users", [])
+    for entry in users:
+        if entry.get("name") == user:
+            keys = entry.setdefault("sshAuthorizedKeys", [])
+            if pubkey not in keys:
+                keys.append(pubkey)
+            break
+    else:
+        users.append({"name": user, "sshAuthorizedKeys": [pubkey]})
+    return config
+
+
+# ssh's messages when the connection failed before authentication (the command never ran).
+_PREAUTH_FAILURES = (
+    b"banner exchange",
+    b"kex_exchange_identification",
+    b"Connection refused",
+    b"Connection reset",
+    b"Connection timed out",
+)
+
+
+def ssh_config_text(port: int, key: Path, host: str = "vm", user: str = "core") -> str:
+    """An ssh_config stanza for the VM (testinfra drops --ssh-extra-args, so all goes here)."""
+    return (
+        f"Host {host}\n"
+        f"  HostName 127.0.0.1\n"
+        f"  Port {port}\n"
+        f"  User {user}\n"
+        f"  IdentityFile {key}\n"
+        f"  IdentitiesOnly yes\n"
+        f"  StrictHostKeyChecking no\n"
+        f"  UserKnownHostsFile /dev/null\n"
+        f"  LogLevel ERROR\n"
+        f"  BatchMode yes\n"
+        f"  ConnectTimeout 30\n"
+        f"  ServerAliveInterval 10\n"
+        f"  ServerAliveCountMax 6\n"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The VM
+
+
+class VM:
+    """One QEMU guest booted from `image`; use as `with VM(image) as vm: vm.wait_ssh()`.
+
+    Start it from a thread that outlives it: PR_SET_PDEATHSIG fires when the starting
+    thread ends (waiting from other threads is fine, as `testing` does for --parallel).
+    """
+
+    def __init__(
+        self,
+        image: str | os.PathLike[str],
+        *,
+        firmware: str = "uefi",
+        accel: str = "auto",
+        memory: int = 2048,
+        cpus: int = 2,
+        ignition: str | os.PathLike[str] | dict[str, Any] | None = None,
+        ssh: bool = True,
+        cache_dir: Path | None = None,
+        console_log: str | os.PathLike[str] | None = None,
+        keep: bool = False,
+        name: str = "vm",
+        boot_timeout: float | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.image = Path(image).resolve()
+        if not self.image.is_file():
+            raise InputError(f"{image}: image not found", hint="pass a disk image file")
+        if firmware not in FIRMWARES:
+            raise InputError(f"unknown firmware {firmware!r}", hint="use uefi, bios or kernel")
+        self.firmware = firmware
+        self.accel_request = accel
+        self.memory = memory
+        self.cpus = cpus
+        self.ignition = ignition
+        self.want_ssh = ssh
+        self.cache_dir = cache_dir
+        self.keep = keep
+        self.name = name
+        self.boot_timeout = boot_timeout
+        self.extra_args = list(extra_args or [])
+        self.workdir: Path | None = None
+        self.console_log = Path(console_log).resolve() if console_log else None
+        self.accel = ""
+        self.port = 0
+        self.key: Path | None = None
+        self.ssh_config: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.argv: list[str] = []
+        self._base_argv: list[str] = []
+        self.result: BootResult | None = None
+        self._old_sigterm: Any = None
+        self._console_pos = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> VM:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> None:
+        """Prepare the overlay, firmware, key and config, and launch QEMU (does not wait)."""
+        self._install_sigterm()
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"acl-{self.name}-"))
+        if self.console_log is None:
+            self.console_log = self.workdir / "console.log"
+        self.accel = choose_accel(self.accel_request, self.cache_dir)
+        qemu = require("qemu-system-x86_64")
+        overlay = self.workdir / "disk.qcow2"
+        fmt = image_format(self.image)
+        run(
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                fmt,
+                "-b",
+                str(self.image),
+                str(overlay),
+            ]
+        )
+        argv = [qemu, "-name", self.name, "-machine", "q35", "-m", str(self.memory)]
+        argv += ["-smp", str(self.cpus), "-nodefaults", "-display", "none", "-no-reboot"]
+        if self.accel == "kvm":
+            argv += ["-accel", "kvm", "-cpu", "host"]
+        else:
+            argv += ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        argv += self._firmware_args()
+        argv += ["-drive", f"if=virtio,file={overlay},format=qcow2,discard=unmap"]
+        argv += ["-device", "virtio-rng-pci"]
+        argv += ["-chardev", f"file,id=ser0,path={self.console_log}", "-serial", "chardev:ser0"]
+        argv += self._ignition_args()
+        argv += self.extra_args
+        self._base_argv = argv
+        self._launch()
+
+    def _firmware_args(self) -> list[str]:
+        assert self.workdir
+        if self.firmware == "uefi":
+            for f in (OVMF_CODE, OVMF_VARS):
+                if not f.is_file():
+                    raise ToolError(f"{f} not found", hint="install it: apt-get install ovmf")
+            vars_copy = self.workdir / "OVMF_VARS.fd"
+            shutil.copyfile(OVMF_VARS, vars_copy)
+            return [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]  # fmt: skip
+        if self.firmware == "bios":
+            return []  # QEMU's default firmware is SeaBIOS
+        if image_format(self.image) != "raw":
+            raise InputError(
+                f"{self.image}: --firmware kernel needs a raw image",
+                hint="convert it first: qemu-img convert -O raw IMAGE IMAGE.bin",
+            )
+        warn("--firmware kernel boots the ESP's kernel directly: firmware and bootloader logic "
+             "(GRUB's first-boot and verity hash handling, UKI add-ons) are skipped")  # fmt: skip
+        kernel, initrd, cmdline = kernel_boot_files(self.image, self.workdir)
+        args = ["-kernel", str(kernel), "-append", cmdline]
+        if initrd:
+            args += ["-initrd", str(initrd)]
+        return args
+
+    def _ignition_args(self) -> list[str]:
+        assert self.workdir
+        if isinstance(self.ignition, dict):
+            config = self.ignition
+        else:
+            config = load_user_config(Path(self.ignition) if self.ignition else None)
+        if self.want_ssh:
+            self.key, pubkey = generate_ssh_key(self.workdir)
+            config = add_ssh_key(config, pubkey)
+        if not self.want_ssh and self.ignition is None:
+            return []
+        ign = self.workdir / "user.ign"
+        ign.write_text(json.dumps(config, separators=(",", ":")))
+        args: list[str] = []
+        for name in FW_CFG_NAMES:
+            args += ["-fw_cfg", f"name={name},file={ign}"]
+        return args
+
+    def _launch(self, attempts: int = 8) -> None:
+        """Start QEMU with a port forward, retrying on a port lost to another process."""
+        assert self.workdir and self.console_log
+        stderr_path = self.workdir / "qemu.stderr"
+        for _ in range(attempts):
+            argv = list(self._base_argv)
+            if self.want_ssh:
+                self.port = free_port()
+                fwd = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"
+                argv += ["-netdev", fwd, "-device", "virtio-net-pci,netdev=net0"]
+            log.debug("qemu: %s", " ".join(argv))
+            self.console_log.write_bytes(b"")
+            with open(stderr_path, "wb") as err:
+                self.proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err,
+                    stderr=err,
+                    start_new_session=True,  # its own process group, killed as a whole
+                    preexec_fn=set_pdeathsig,
+                )
+            self.started = time.monotonic()
+            self.argv = argv
+            # A clashing hostfwd makes QEMU exit at once; give it a moment to say so.
+            try:
+                self.proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                if self.want_ssh:
+                    self.ssh_config = self.workdir / "ssh_config"
+                    self.ssh_config.write_text(ssh_config_text(self.port, self.key))  # type: ignore[arg-type]
+                return
+            err_text = stderr_path.read_text(errors="replace")
+            if "hostfwd" in err_text or "forwarding rule" in err_text:
+                log.debug("port %d clashed, retrying", self.port)
+                continue
+            raise BootError(f"qemu exited at start: {err_text.strip().splitlines()[-1:]}")
+        raise BootError(f"no free port for SSH after {attempts} attempts")
+
+    def stop(self) -> None:
+        """Kill QEMU's process group and remove the temporary directory (unless keep)."""
+        try:
+            if self.proc is not None:
+                kill_group(self.proc)
+        finally:
+            if self.workdir and not self.keep:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            self._restore_sigterm()
+
+    def _install_sigterm(self) -> None:
+        # SIGTERM would otherwise end Python without running __exit__ (SIGINT raises already).
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        self._old_sigterm = signal.signal(signal.SIGTERM, handler)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+    # -- interaction -------------------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def console_tail(self, lines: int = 30) -> str:
+        if not self.console_log or not self.console_log.exists():
+            return ""
+        with open(self.console_log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 64 * 1024))
+            text = f.read().decode(errors="replace")
+        return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+
+    def console_fatal(self) -> str | None:
+        """The first fatal console line printed since the last call (emergency shell, panic)."""
+        if not self.console_log or not self.console_log.exists():
+            return None
+        with open(self.console_log, "rb") as f:
+            f.seek(self._console_pos)
+            chunk = f.read()
+        # Keep a partial last line for the next scan.
+        cut = chunk.rfind(b"\n") + 1
+        self._console_pos += cut
+        text = _ANSI.sub(b"", chunk[:cut]).decode(errors="replace")
+        for line in text.splitlines():
+            if any(marker in line for marker in FATAL_CONSOLE):
+                return line.strip()
+        return None
+
+    def ssh(
+        self,
+        command: str,
+        *,
+        timeout: float = 60,
+        check: bool = False,
+        connect_timeout: int | None = None,
+        retries: int = 2,
+    ) -> subprocess.CompletedProcess[bytes]:
+        """Run `command` in the guest as core over the VM's ssh_config.
+
+        A connection that fails before authentication (under TCG a busy guest can miss the
+        banner deadline) never ran the command, so it is retried `retries` times.
+        """
+        if not self.ssh_config:
+            raise BootError("the VM was started without SSH", hint="start it with ssh=True")
+        extra = ["-o", f"ConnectTimeout={connect_timeout}"] if connect_timeout else []
+        argv = ["ssh", "-F", str(self.ssh_config), *extra, "vm", command]
+        for attempt in range(retries + 1):
+            proc = run(argv, check=False, timeout=timeout)
+            preauth = proc.returncode == 255 and any(m in proc.stderr for m in _PREAUTH_FAILURES)
+            if not preauth or attempt == retries:
+                break
+            time.sleep(2)
+        if check and proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise ToolError(
+                f"ssh {command!r} failed: {err[-1] if err else f'exit {proc.returncode}'}",
+                hint=f"console log: {self.console_log}",
+            )
+        return proc
+
+    def wait_ssh(self, timeout: float | None = None, poll: float = 1.0) -> BootResult:
+        """Wait until SSH answers and `systemctl is-system-running` says running or degraded."""
+        timeout = timeout or self.boot_timeout or BOOT_TIMEOUT.get(self.accel, 900.0)
+        deadline = self.started + timeout
+        state = ""
+        while True:
+            if not self.alive():
+                raise BootError(
+                    f"qemu exited with status {self.proc.returncode if self.proc else '?'} "
+                    f"before SSH answered; console: {self.console_log}",
+                )
+            fatal = self.console_fatal()
+            if fatal:
+                raise BootError(f"guest failed to boot: {fatal!r}; console: {self.console_log}")
+            if time.monotonic() > deadline:
+                raise BootError(
+                    f"no healthy SSH after {timeout:g}s under {self.accel} (last state "
+                    f"{state or 'unreachable'}); console: {self.console_log}"
+                )
+            try:
+                # slirp accepts at once and the banner never comes while the guest boots:
+                # bound each attempt by the time left.
+                left = int(max(1, min(10, deadline - time.monotonic())))
+                proc = self.ssh(
+                    "systemctl is-system-running", timeout=30, connect_timeout=left, retries=0
+                )
+                state = proc.stdout.decode(errors="replace").strip()
+            except ToolError:
+                state = ""
+            if state in ("running", "degraded"):
+                break
+            if state in ("maintenance", "stopping", "offline"):
+                raise BootError(f"guest reached state {state!r}; console: {self.console_log}")
+            time.sleep(poll)
+        seconds = time.monotonic() - self.started
+        failed: list[str] = []
+        if state == "degraded":
+            out = self.ssh("systemctl --failed --plain --no-legend --no-pager", timeout=30)
+            failed = [ln.split()[0] for ln in out.stdout.decode().splitlines() if ln.split()]
+        self.result = BootResult(seconds=seconds, state=state, failed_units=failed)
+        return self.result
+
+    def write_ssh_config(self, path: str | os.PathLike[str], host: str = "vm") -> Path:
+        """Copy the VM's ssh_config (pointing at the key in the VM's temp dir) to `path`."""
+        if not self.key:
+            raise BootError("the VM was started without SSH", hint="start it with ssh=True")
+        path = Path(path)
+        path.write_text(ssh_config_text(self.port, self.key, host=host))
+        return path
+
+
+def boot_and_wait(vm: VM) -> BootResult:
+    """Wait for `vm` and print a one-line progress note; failed units become a warning."""
+    info(f"booting {vm.image.name} ({vm.firmware}, {vm.accel}, ssh port {vm.port})")
+    result = vm.wait_ssh()
+    info(f"{vm.name}: SSH after {result.seconds:.1f}s, system {result.state}")
+    if result.failed_units:
+        warn(f"{vm.name}: failed units: {', '.join(result.failed_units)}")
+    return result

@@ -1,0 +1,381 @@
+"""The compose manifest: one YAML file describing a release (schema in README.md).
+
+Every error names `file:line`. Unknown keys are refused (a typo must not silently drop a
+setting), relative paths resolve against the manifest's folder, and `${VAR}` /
+`${VAR:-default}` in string values expand from the environment (so `make demo` can point
+`base.base_url` at a loopback server without editing the file).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from acl_compose import yamlpos
+from acl_compose.errors import InputError
+
+OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
+CHANNELS = ("alpha", "beta", "stable", "lts")
+BOARDS = ("amd64-usr", "arm64-usr")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class Base:
+    path: Path | None = None
+    channel: str = "stable"
+    release: str = "current"
+    board: str = "amd64-usr"
+    base_url: str | None = None
+    keyring: Path | None = None
+    trusted_key: str | None = None
+    offline: bool = False
+
+
+@dataclass
+class Signing:
+    key: Path
+    cert: Path
+    passphrase_file: Path | None = None
+
+
+@dataclass
+class Manifest:
+    path: Path
+    name: str
+    version: str
+    base: Base
+    signing: Signing
+    sysexts: list[Path] = field(default_factory=list)
+    ignition: list[Path] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=lambda: ["raw"])
+    source_date_epoch: int | None = None
+
+    @property
+    def stem(self) -> str:
+        """File name stem of the outputs: `<name>-<version>`."""
+        return f"{self.name}-{self.version}"
+
+
+class _Ctx:
+    """Error helper bound to the manifest file and its YAML positions."""
+
+    def __init__(self, path: Path, loc: yamlpos.Located) -> None:
+        self.path = path
+        self.loc = loc
+
+    def line(self, *ypath: str | int, default: int = 0) -> int:
+        return self.loc.line(ypath, default)
+
+    def err(self, line: int, where: str, msg: str, hint: str | None = None) -> InputError:
+        return InputError(
+            f"{self.path}:{line}: {where}: {msg}",
+            hint=hint or "see the manifest schema in README.md (## Command tour, compose)",
+        )
+
+    def mapping(self, node: Any, where: str, line: int, allowed: set[str]) -> dict[str, Any]:
+        if not isinstance(node, dict):
+            raise self.err(line, where, f"expected a mapping, got {_kind(node)}")
+        for key in node:
+            if key not in allowed:
+                raise self.err(
+                    self.line(*_ypath(where), key),
+                    _join(where, key),
+                    "unknown key",
+                    hint=f"allowed keys here: {', '.join(sorted(allowed))}",
+                )
+        return node
+
+    def string(
+        self, node: dict[str, Any], key: str, where: str, required: bool = False
+    ) -> str | None:
+        if key not in node or node[key] is None:
+            if required:
+                line = self.loc.start(_ypath(where))[0]
+                raise self.err(line, _join(where, key), "required key missing")
+            return None
+        line = self.line(*_ypath(where), key)
+        value = node[key]
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.err(line, _join(where, key), f"expected a string, got {_kind(value)}")
+        return self.expand(str(value), line, _join(where, key))
+
+    def expand(self, value: str, line: int, where: str) -> str:
+        def sub(m: re.Match[str]) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ and os.environ[var] != "":
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise self.err(
+                line,
+                where,
+                f"environment variable {var} is not set",
+                hint=f"export {var}=... or use ${{{var}:-default}}",
+            )
+
+        return _ENV_RE.sub(sub, value)
+
+    def path_value(self, value: str, line: int, where: str, must_exist: bool = True) -> Path:
+        p = Path(os.path.expanduser(value))
+        if not p.is_absolute():
+            p = self.path.parent / p
+        p = Path(os.path.normpath(p))
+        if must_exist and not p.exists():
+            raise self.err(
+                line,
+                where,
+                f"{value!r} does not exist (resolved to {p})",
+                hint="paths are relative to the manifest's folder",
+            )
+        return p
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _ypath(where: str) -> tuple[str, ...]:
+    return (where,) if where else ()  # mappings are at most one level deep
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, dict):
+        return "a mapping"
+    if isinstance(v, list):
+        return "a list"
+    return type(v).__name__
+
+
+def load_manifest(
+    path: str | os.PathLike[str], overrides: dict[str, Any] | None = None
+) -> Manifest:
+    """Parse and validate a manifest; `overrides` (from the command line) replace base.* fields.
+
+    Accepted override keys: base_url, trusted_key, keyring, offline, path.
+    """
+    path = Path(path).resolve()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(
+            f"{path}: cannot read manifest: {e.strerror}", hint="check the path"
+        ) from e
+    try:
+        loc = yamlpos.load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 0
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(
+            f"{path}:{line}: invalid YAML: {problem}", hint="fix the YAML syntax"
+        ) from e
+    ctx = _Ctx(path, loc)
+    doc = loc.data
+    if doc is None:
+        raise ctx.err(1, "manifest", "file is empty")
+    top = ctx.mapping(
+        doc,
+        "",
+        1,
+        {
+            "name",
+            "version",
+            "base",
+            "sysexts",
+            "ignition",
+            "signing",
+            "outputs",
+            "source_date_epoch",
+        },
+    )
+
+    name = ctx.string(top, "name", "", required=True) or ""
+    version = ctx.string(top, "version", "", required=True) or ""
+    for key, value in (("name", name), ("version", version)):
+        if not _NAME_RE.match(value):
+            raise ctx.err(
+                ctx.line(key),
+                key,
+                f"{value!r} is not a valid name (letters, digits, '.', '_', '-')",
+            )
+
+    if "base" not in top or top["base"] is None:
+        raise ctx.err(1, "base", "required key missing")
+    base = _load_base(ctx, top["base"], ctx.line("base"), overrides or {})
+
+    if "signing" not in top or top["signing"] is None:
+        raise ctx.err(
+            1,
+            "signing",
+            "required key missing",
+            hint="add signing: {key: ..., cert: ...} (make them with `acl-compose keys generate`)",
+        )
+    sg = ctx.mapping(
+        top["signing"], "signing", ctx.line("signing"), {"key", "cert", "passphrase_file"}
+    )
+    key = ctx.string(sg, "key", "signing", required=True) or ""
+    cert = ctx.string(sg, "cert", "signing", required=True) or ""
+    pf = ctx.string(sg, "passphrase_file", "signing")
+    signing = Signing(
+        key=ctx.path_value(key, ctx.line("signing", "key"), "signing.key"),
+        cert=ctx.path_value(cert, ctx.line("signing", "cert"), "signing.cert"),
+        passphrase_file=ctx.path_value(
+            pf, ctx.line("signing", "passphrase_file"), "signing.passphrase_file"
+        )
+        if pf
+        else None,
+    )
+
+    sysexts = _path_list(ctx, top, "sysexts")
+    for i, p in enumerate(sysexts):
+        if p.is_dir() and not (p / "sysext.yaml").is_file():
+            raise ctx.err(
+                ctx.line("sysexts", i),
+                f"sysexts[{i}]",
+                f"{p} is a directory without sysext.yaml",
+                hint="give a bundle directory or a prebuilt .raw image",
+            )
+        if p.is_file() and p.suffix != ".raw":
+            raise ctx.err(ctx.line("sysexts", i), f"sysexts[{i}]", f"{p} is not a .raw image")
+    ignition = _path_list(ctx, top, "ignition")
+    for i, p in enumerate(ignition):
+        if not p.is_file():
+            raise ctx.err(ctx.line("ignition", i), f"ignition[{i}]", f"{p} is not a file")
+
+    outputs = ["raw"]
+    if "outputs" in top:
+        raw = top["outputs"]
+        if not isinstance(raw, list) or not raw:
+            raise ctx.err(
+                ctx.line("outputs"),
+                "outputs",
+                f"expected a non-empty list of {', '.join(OUTPUT_FORMATS)}",
+            )
+        outputs = []
+        for i, item in enumerate(raw):
+            if item not in OUTPUT_FORMATS:
+                raise ctx.err(
+                    ctx.line("outputs", i) if isinstance(item, str) else ctx.line("outputs"),
+                    f"outputs[{i}]",
+                    f"unknown format {item!r}",
+                    hint=f"use any of: {', '.join(OUTPUT_FORMATS)}",
+                )
+            if item not in outputs:
+                outputs.append(str(item))
+
+    sde = None
+    if top.get("source_date_epoch") is not None:
+        v = top["source_date_epoch"]
+        if isinstance(v, str):
+            v = ctx.expand(v, ctx.line("source_date_epoch"), "source_date_epoch")
+        try:
+            sde = int(v)
+            if sde < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ctx.err(
+                ctx.line("source_date_epoch"),
+                "source_date_epoch",
+                f"{v!r} is not a non-negative integer",
+            ) from None
+
+    return Manifest(
+        path=path,
+        name=name,
+        version=version,
+        base=base,
+        signing=signing,
+        sysexts=sysexts,
+        ignition=ignition,
+        outputs=outputs,
+        source_date_epoch=sde,
+    )
+
+
+def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Base:
+    allowed = {
+        "path",
+        "channel",
+        "release",
+        "board",
+        "base_url",
+        "keyring",
+        "trusted_key",
+        "offline",
+    }
+    b = ctx.mapping(node, "base", line, allowed)
+    base = Base()
+    path_s = (
+        str(Path(overrides["path"]).resolve())
+        if overrides.get("path")
+        else ctx.string(b, "path", "base")
+    )
+    remote_keys = [k for k in ("channel", "release", "base_url") if k in b]
+    if path_s:
+        if remote_keys and "path" in b:
+            raise ctx.err(
+                ctx.line("base", remote_keys[0]),
+                f"base.{remote_keys[0]}",
+                "cannot be combined with base.path",
+                hint="use either base.path or channel/release/base_url",
+            )
+        base.path = ctx.path_value(str(path_s), ctx.line("base", "path", default=line), "base.path")
+    for key in ("channel", "release", "board", "base_url", "trusted_key"):
+        if overrides.get(key):  # the command line wins; do not even expand the manifest's value
+            continue
+        v = ctx.string(b, key, "base")
+        if v is not None:
+            setattr(base, key, v)
+    if base.channel not in CHANNELS:
+        raise ctx.err(
+            ctx.line("base", "channel", default=line),
+            "base.channel",
+            f"{base.channel!r} is not one of {', '.join(CHANNELS)}",
+        )
+    if base.board not in BOARDS:
+        raise ctx.err(
+            ctx.line("base", "board", default=line),
+            "base.board",
+            f"{base.board!r} is not one of {', '.join(BOARDS)}",
+        )
+    kr = None if overrides.get("keyring") else ctx.string(b, "keyring", "base")
+    if kr:
+        base.keyring = ctx.path_value(kr, ctx.line("base", "keyring"), "base.keyring")
+    if "offline" in b:
+        if not isinstance(b["offline"], bool):
+            raise ctx.err(ctx.line("base", "offline"), "base.offline", "expected true or false")
+        base.offline = b["offline"]
+    for key in ("base_url", "trusted_key", "offline", "channel", "release"):
+        if overrides.get(key) not in (None, False):
+            setattr(base, key, overrides[key])
+    if overrides.get("keyring"):
+        base.keyring = Path(overrides["keyring"]).resolve()
+    if base.trusted_key:
+        base.trusted_key = base.trusted_key.replace(" ", "").upper()
+    return base
+
+
+def _path_list(ctx: _Ctx, top: dict[str, Any], key: str) -> list[Path]:
+    if key not in top or top[key] is None:
+        return []
+    value = top[key]
+    line = ctx.line(key)
+    if not isinstance(value, list):
+        raise ctx.err(line, key, f"expected a list of paths, got {_kind(value)}")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise ctx.err(line, f"{key}[{i}]", f"expected a path, got {_kind(item)}")
+        item_line = ctx.line(key, i)
+        s = ctx.expand(item, item_line, f"{key}[{i}]")
+        out.append(ctx.path_value(s, item_line, f"{key}[{i}]"))
+    return out

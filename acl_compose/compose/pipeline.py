@@ -1,0 +1,540 @@
+"""Compose a signed release: Flatcar base + sysexts + Ignition, offline and without root.
+
+`compose(manifest, out_dir)` runs the pipeline below, one function per step, each with a
+progress line. Everything is built in a temporary directory beside OUT_DIR (util.atomic_dir)
+that is renamed into place only after every step succeeded, so an error, Ctrl-C or kill leaves
+no partial output. Large files are streamed and copied sparsely: memory stays flat.
+
+Caches (under the cache dir, all content-addressed):
+- `compose/base/<key>/`: the decompressed base image (read-only) and what was verified about
+  it (/usr root hash, verity layout, os-release). The key is the sha512 of the fetched,
+  signature-checked artifact, so a changed base is always re-verified.
+- sysext builds: `sysext.build(..., cache_dir=...)`, keyed by a hash of the bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from acl_compose import __version__, ui, util
+from acl_compose.compose.manifest import Manifest
+from acl_compose.errors import InputError, VerificationError
+from acl_compose.image import fs, gpt, outputs, sparse, usr
+
+IMAGE_NAME = "flatcar_production_image.bin"
+BASE_IGN = "base/base.ign"
+EXTENSIONS_DIR = "/opt/extensions"
+ETC_EXTENSIONS = "/etc/extensions"
+VERITY_D = "/etc/verity.d"
+
+
+class ComposeError(VerificationError):
+    """A composed artifact failed a check before anything was written."""
+
+
+@dataclass
+class State:
+    """What the steps hand to each other."""
+
+    manifest: Manifest
+    out: Path  # the temporary output directory (renamed to OUT_DIR at the end)
+    work: Path  # scratch space inside it, removed before the rename
+    cache_dir: Path
+    sde: int
+    key: Any = None
+    cert: Any = None
+    cert_pem: bytes = b""
+    cert_fpr: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    base_file: Path | None = None
+    base_cache: Path | None = None
+    image: Path | None = None
+    disk: gpt.Disk | None = None
+    usr: dict[str, Any] = field(default_factory=dict)
+    os_release_text: str = ""
+    os_release: dict[str, str] = field(default_factory=dict)
+    sysexts: list[dict[str, Any]] = field(default_factory=list)
+    ignition: dict[str, Any] | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def compose(
+    manifest: Manifest, out_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """Run the whole pipeline; returns release.json's content."""
+    out_dir = Path(out_dir).resolve()
+    sde = _source_date_epoch(manifest)
+    with _terminate_as_interrupt(), util.atomic_dir(out_dir) as tmp:
+        st = State(manifest, tmp, tmp / ".work", Path(cache_dir), sde)
+        st.work.mkdir()
+        load_signing(st)
+        fetch_base(st)
+        prepare_image(st)
+        read_partitions(st)
+        verify_base_usr(st)
+        read_base_os_release(st)
+        build_sysexts(st)
+        place_sysexts(st)
+        bake_ignition(st)
+        write_outputs(st)
+        release = write_release(st)
+        shutil.rmtree(st.work)
+    return release
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """`kill` (SIGTERM) unwinds like Ctrl-C, so atomic_dir removes the temporary output.
+    (SIGKILL cannot be caught: it leaves `.OUT_DIR.*.tmp` beside OUT_DIR, never OUT_DIR.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked worker (verity's pool): die as usual, quietly
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _source_date_epoch(manifest: Manifest) -> int:
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        if not env.isdigit():
+            raise InputError(f"SOURCE_DATE_EPOCH={env!r} is not a number of seconds")
+        return int(env)
+    if manifest.source_date_epoch is not None:
+        return manifest.source_date_epoch
+    return int(time.time())
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def load_signing(st: State) -> None:
+    """Step 0: the release key and certificate must load (and match) before any work."""
+    from acl_compose.trust import signing
+
+    with ui.step("load the release signing key"):
+        sg = st.manifest.signing
+        passphrase = (
+            signing.read_passphrase(file=sg.passphrase_file) if sg.passphrase_file else None
+        )
+        st.key = signing.load_key(sg.key, passphrase)
+        st.cert = signing.load_cert(sg.cert)
+        st.cert_fpr = signing.cert_fingerprint(st.cert)
+        from cryptography.hazmat.primitives import serialization
+
+        st.cert_pem = st.cert.public_bytes(serialization.Encoding.PEM)
+        pub = st.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        cert_pub = st.cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        if pub != cert_pub:
+            raise InputError(
+                f"{sg.key}: the key does not belong to the certificate {sg.cert}",
+                hint="use the key and certificate made together by `acl-compose keys generate`",
+            )
+        ui.info(f"certificate {st.cert_fpr[:16]}…")
+
+
+def fetch_base(st: State) -> None:
+    """Step 1: fetch the base release and verify its signatures (or take a local image)."""
+    base = st.manifest.base
+    with ui.step("fetch and verify the base release"):
+        if base.path is not None:
+            st.base_file, st.base = _local_base(base.path)
+            ui.warn(f"base {base.path} is a local image: no release signature to check")
+        else:
+            st.base_file, st.base = _remote_base(st)
+        ui.info(f"base {st.base.get('release', {}).get('version', '?')}: {st.base_file.name}")
+
+
+def _local_base(path: Path) -> tuple[Path, dict[str, Any]]:
+    from acl_compose.fetch.release import parse_version_txt
+
+    release: dict[str, Any] = {}
+    if path.is_dir():  # Flatcar SDK output: images/amd64-usr/latest/
+        for name in (IMAGE_NAME, IMAGE_NAME + ".bz2"):
+            if (path / name).is_file():
+                vt = path / "version.txt"
+                if vt.is_file():
+                    release = parse_version_txt(vt.read_text(), str(vt)).to_json()
+                path = path / name
+                break
+        else:
+            raise InputError(
+                f"{path}: no {IMAGE_NAME}[.bz2] in this directory",
+                hint="point base.path at a Flatcar image or SDK output directory",
+            )
+    st = path.stat()
+    # A local file is keyed by identity, not content: hashing 8 GiB on every run defeats the cache.
+    key = hashlib.sha512(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()
+    return path, {
+        "source": str(path),
+        "release": release,
+        "artifacts": [],
+        "signature_verified": False,
+        "cache_key": key,
+    }
+
+
+def _remote_base(st: State) -> tuple[Path, dict[str, Any]]:
+    from acl_compose import fetch
+
+    b = st.manifest.base
+    result = fetch.fetch_release(
+        cache_dir=st.cache_dir,
+        channel=b.channel,
+        release=b.release,
+        board=b.board,
+        base_url=b.base_url,
+        keyring=b.keyring,
+        trusted_key=b.trusted_key,
+        offline=b.offline,
+    )
+    arts = {a.name: a for a in result.artifacts}
+    img = arts.get(IMAGE_NAME + ".bz2")
+    if img is None:
+        raise InputError(f"{result.url}: the release has no {IMAGE_NAME}.bz2")
+    # Local paths and cache hits differ between machines and runs: not release facts.
+    facts = [
+        {k: v for k, v in a.to_json().items() if k not in ("path", "cached")} for a in arts.values()
+    ]
+    return img.path, {
+        "source": result.url,
+        "channel": b.channel,
+        "board": result.board,
+        "release": result.release.to_json(),
+        "artifacts": facts,
+        "signature_verified": True,
+        "cache_key": img.sha512,
+    }
+
+
+def prepare_image(st: State) -> None:
+    """Step 2: decompress into the base cache (once), then a sparse work copy."""
+    with ui.step("decompress the base to a sparse work image"):
+        cdir = st.cache_dir / "compose" / "base" / st.base["cache_key"][:48]
+        cached = cdir / "image.bin"
+        stamp = cdir / "image.stamp"
+        if not (cached.is_file() and stamp.is_file() and stamp.read_text() == _stamp(cached)):
+            cdir.mkdir(parents=True, exist_ok=True)
+            (cdir / "verified.json").unlink(missing_ok=True)
+            tmp = cdir / f".image.{os.getpid()}.tmp"
+            try:
+                if st.base_file.suffix == ".bz2":  # type: ignore[union-attr]
+                    from acl_compose import fetch
+
+                    fetch.decompress(st.base_file, tmp)
+                else:
+                    sparse.copy_sparse(st.base_file, tmp)  # type: ignore[arg-type]
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, cached)
+            finally:
+                tmp.unlink(missing_ok=True)
+            util.atomic_write(stamp, _stamp(cached).encode())
+        else:
+            ui.info("decompressed image cached")
+        st.base_cache = cdir
+        st.image = st.work / "disk.bin"
+        sparse.copy_sparse(cached, st.image)
+        os.chmod(st.image, 0o644)
+
+
+def _stamp(path: Path) -> str:
+    s = path.stat()
+    return f"{s.st_ino}:{s.st_size}:{s.st_mtime_ns}"
+
+
+def read_partitions(st: State) -> None:
+    """Step 3: read the GPT (own reader) and find Flatcar's partitions by label."""
+    with ui.step("read the partition table"):
+        st.disk = usr.require_disk(st.image)  # type: ignore[arg-type]
+        ui.info(", ".join(f"{p.number}:{p.name}" for p in st.disk.partitions))
+
+
+def verify_base_usr(st: State) -> None:
+    """Step 4: recompute USR-A's verity tree against the root hash in the kernel."""
+    with ui.step("verify the base /usr (dm-verity)"):
+        disk, img = st.disk, st.image
+        assert disk is not None and img is not None
+        part = usr.usr_partition(disk)
+        record = st.base_cache / "verified.json"  # type: ignore[operator]
+        kernel_hash = usr.kernel_root_hash(img, disk, st.manifest.base.board)
+        if record.is_file():
+            data = json.loads(record.read_text())
+            if data.get("usr", {}).get("root_hash") == kernel_hash:
+                st.usr, st.os_release_text = data["usr"], data["os_release"]
+                ui.info(f"/usr {kernel_hash[:16]}… verified earlier for this base (cached)")
+                return
+        usr_file = usr.extract(img, part, st.work / "usr-a.img")
+        result = usr.verify_usr(img, disk, usr_file, st.manifest.base.board)
+        st.usr = {"partition": part.name, "partuuid": part.guid, **result.to_json()}
+        ui.info(f"/usr root hash {result.kernel_root_hash} matches the kernel")
+
+
+def read_base_os_release(st: State) -> None:
+    """Step 5: the base os-release, read from USR-A without mounting (btrfs restore)."""
+    from acl_compose.image.osrelease import parse_os_release
+
+    with ui.step("read the base os-release"):
+        if not st.os_release_text:
+            st.os_release_text, _ = usr.read_os_release(st.work / "usr-a.img")
+            (st.work / "usr-a.img").unlink(missing_ok=True)
+            record = {"usr": st.usr, "os_release": st.os_release_text}
+            util.atomic_write(st.base_cache / "verified.json", json.dumps(record).encode())  # type: ignore[operator]
+        st.os_release = osr = parse_os_release(st.os_release_text)
+        ui.info(
+            f"{osr.get('ID')} {osr.get('VERSION_ID')} (SYSEXT_LEVEL={osr.get('SYSEXT_LEVEL', '-')})"
+        )
+
+
+def build_sysexts(st: State) -> None:
+    """Step 6: build the sysexts (cached) and check them against the base and the cert."""
+    from acl_compose import sysext
+
+    if not st.manifest.sysexts:
+        return
+    with ui.step(f"build and check {len(st.manifest.sysexts)} sysext(s)"):
+        build_dir = st.work / "sysexts"
+        build_dir.mkdir()
+        sg = st.manifest.signing
+        passphrase = None
+        if sg.passphrase_file:
+            from acl_compose.trust import signing
+
+            passphrase = signing.read_passphrase(file=sg.passphrase_file)
+        seen: dict[str, Path] = {}
+        for src in st.manifest.sysexts:
+            if src.is_dir():
+                info = _build_cached(st, src, build_dir / src.name, passphrase)
+            else:
+                info = {
+                    "name": src.stem,
+                    "version": None,
+                    "path": src,
+                    "sha256": util.sha256_file(src),
+                }
+            info["path"] = Path(info["path"])
+            info["source"] = str(src)
+            name = info["name"]
+            if name in seen:
+                raise InputError(
+                    f"{src}: sysext {name!r} is also built from {seen[name]}",
+                    hint="each sysext name may appear once",
+                )
+            seen[name] = src
+            st.sysexts.append(info)
+        os_release_file = st.work / "base-os-release"
+        os_release_file.write_text(st.os_release_text)
+        results = sysext.check([s["path"] for s in st.sysexts], os_release_file, cert=sg.cert)
+        for s, r in zip(st.sysexts, results, strict=True):
+            ok, reason, details = _check_result(r)
+            if not ok:
+                raise ComposeError(
+                    f"sysext {s['name']} ({s['source']}): {reason}",
+                    hint="fix the bundle (os, sysext_level/version_id, architecture) or the "
+                    "signing key; nothing was written",
+                )
+            if s.get("version") is None:  # a prebuilt image: take it from its extension-release
+                ext = details.get("extension_release") or {}
+                s["version"] = ext.get("SYSEXT_VERSION_ID") or ext.get("VERSION_ID") or "0"
+            for k in ("root_hash", "signed"):
+                if s.get(k) is None and details.get(k) is not None:
+                    s[k] = details[k]
+            ui.info(f"{s['name']} {s.get('version')}: ok")
+
+
+def _bundle_digest(bundle: Path, signer: str) -> str:
+    """The sysext build's own input digest, keyed further by tool version and signer."""
+    from acl_compose.sysext.bundle import input_digest, load_bundle
+
+    extra = {"tool": __version__, "format": "ddi", "signer": signer}
+    return input_digest(load_bundle(bundle), extra)
+
+
+def _build_cached(st: State, src: Path, out: Path, passphrase: bytes | None) -> dict[str, Any]:
+    """sysext.build, cached by the bundle's content hash: a warm compose reuses the signed
+    image byte for byte (an ECDSA signature differs on every signing)."""
+    from acl_compose import sysext
+
+    sg = st.manifest.signing
+    cdir = st.cache_dir / "compose" / "sysext" / _bundle_digest(src, st.cert_fpr)[:48]
+    record = cdir / "build.json"
+    out.mkdir()
+    if record.is_file():
+        info = json.loads(record.read_text())
+        cached = cdir / Path(info["path"]).name
+        if cached.is_file() and util.sha256_file(cached) == info["sha256"]:
+            shutil.copyfile(cached, out / cached.name)
+            info["path"] = str(out / cached.name)
+            ui.info(f"{info['name']} {info['version']}: cached build")
+            return info
+    info = dict(
+        sysext.build(src, out, key=sg.key, cert=sg.cert, passphrase=passphrase, fmt="ddi",
+                     cache_dir=st.cache_dir)
+    )  # fmt: skip
+    cdir.mkdir(parents=True, exist_ok=True)
+    built = Path(info["path"])
+    tmp = cdir / f".{built.name}.{os.getpid()}.tmp"
+    shutil.copyfile(built, tmp)
+    os.replace(tmp, cdir / built.name)
+    meta = {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
+    util.atomic_write(record, json.dumps(meta).encode())
+    return info
+
+
+def _check_result(r: Any) -> tuple[bool, str, dict[str, Any]]:
+    """sysext.check results may be dicts or objects; normalise them."""
+    d = r if isinstance(r, dict) else (r.to_json() if hasattr(r, "to_json") else vars(r))
+    ok = bool(d.get("ok", not d.get("reason") and not d.get("error")))
+    reason = d.get("reason") or d.get("error") or d.get("message") or "check failed"
+    return ok, str(reason), d
+
+
+def place_sysexts(st: State) -> None:
+    """Step 7: sysexts into ROOT /opt/extensions + /etc/extensions links, cert into verity.d."""
+    with ui.step("place sysexts and the release certificate in ROOT"):
+        root = st.disk.by_label("ROOT")  # type: ignore[union-attr]
+        spec = fs.ext4_spec(st.image, root.offset)  # type: ignore[arg-type]
+        edit = fs.Ext4Edit(spec, st.sde)
+        cert_file = st.work / "release.crt"
+        cert_file.write_bytes(st.cert_pem)
+        edit.write(cert_file, f"{VERITY_D}/{st.manifest.name}.crt", 0o644)
+        for s in st.sysexts:
+            target = f"{EXTENSIONS_DIR}/{s['name']}/{s['name']}-{s['version']}.raw"
+            edit.write(s["path"], target, 0o644)
+            edit.symlink(f"{ETC_EXTENSIONS}/{s['name']}.raw", target)
+            s["image_path"] = target
+        edit.apply()
+        # Read back what was written: debugfs reports some failures only on stdout.
+        for s in st.sysexts:
+            link = fs.ext4_readlink(spec, f"{ETC_EXTENSIONS}/{s['name']}.raw")
+            if link != s["image_path"]:
+                raise ComposeError(
+                    f"ROOT: {ETC_EXTENSIONS}/{s['name']}.raw points to {link!r}, "
+                    f"not {s['image_path']}"
+                )
+        ui.info(f"{len(st.sysexts)} sysext(s), certificate {VERITY_D}/{st.manifest.name}.crt")
+
+
+def bake_ignition(st: State) -> None:
+    """Step 8: render, validate and merge the Ignition configs into OEM base/base.ign."""
+    if not st.manifest.ignition:
+        return
+    from acl_compose import ignition
+
+    with ui.step(f"bake {len(st.manifest.ignition)} Ignition config(s) as OEM {BASE_IGN}"):
+        configs = [ignition.load(p) for p in st.manifest.ignition]
+        merged = ignition.merge(configs) if len(configs) > 1 else configs[0]
+        warnings = list(ignition.validate(merged) or [])
+        for w in warnings:
+            ui.warn(f"ignition: {w}")
+        text = ignition.dumps(merged).encode()
+        write_oem_file(st.image, st.disk, BASE_IGN, text, st.work)  # type: ignore[arg-type]
+        st.ignition = {
+            "path": f"OEM:/{BASE_IGN}",
+            "sha256": hashlib.sha256(text).hexdigest(),
+            "sources": [os.path.relpath(p, st.manifest.path.parent) for p in st.manifest.ignition],
+            "version": merged.get("ignition", {}).get("version"),
+        }
+        ui.info(f"{len(text)} bytes, sha256 {st.ignition['sha256'][:16]}…")
+
+
+def write_oem_file(img: Path, disk: gpt.Disk, rel: str, data: bytes, work: Path) -> None:
+    """Rebuild the OEM btrfs with one file added, keeping its label and UUID."""
+    oem = disk.by_label("OEM")
+    part_file = work / "oem.img"
+    gpt.copy_out(img, oem, part_file)
+    info = fs.btrfs_info(part_file)
+    if info is None:
+        raise InputError(
+            f"{img}: the OEM partition holds no btrfs filesystem", hint="is this a Flatcar image?"
+        )
+    tree = work / "oem-tree"
+    shutil.rmtree(tree, ignore_errors=True)
+    fs.btrfs_restore(part_file, tree)
+    target = util.safe_join(tree, rel, "OEM file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    os.chmod(target, 0o644)
+    fs.btrfs_rebuild(tree, part_file, oem.size, info)
+    gpt.copy_in(img, oem, part_file)
+    part_file.unlink()
+    shutil.rmtree(tree)
+
+
+def write_outputs(st: State) -> None:
+    """Step 9: the image formats, named `<name>-<version>.{bin,qcow2,vhd}`."""
+    with ui.step(f"write outputs: {', '.join(st.manifest.outputs)}"):
+        st.outputs = outputs.write_outputs(
+            st.image, st.out, st.manifest.stem, st.manifest.outputs, st.work
+        )  # type: ignore[arg-type]
+        for o in st.outputs:
+            ui.info(f"{o['file']} ({o['format']}, sha256 {o['sha256'][:16]}…)")
+
+
+def write_release(st: State) -> dict[str, Any]:
+    """Step 10: release.json and its detached CMS signature release.json.p7s."""
+    from acl_compose.trust import signing
+
+    with ui.step("write and sign release.json"):
+        base = {k: v for k, v in st.base.items() if k != "cache_key"}
+        release = {
+            "schema": 1,
+            "name": st.manifest.name,
+            "version": st.manifest.version,
+            "tool": {"name": "acl-compose", "version": __version__},
+            "source_date_epoch": st.sde,
+            "base": base,
+            "os_release": st.os_release,
+            "usr": st.usr,
+            "sysexts": [
+                {
+                    "name": s["name"],
+                    "version": s.get("version"),
+                    "path": s["image_path"],
+                    "sha256": s["sha256"],
+                    "root_hash": s.get("root_hash"),
+                    "signed": s.get("signed"),
+                    "certificate_fingerprint": s.get("certificate_fingerprint"),
+                }
+                for s in st.sysexts
+            ],
+            "ignition": st.ignition,
+            "signing": {
+                "certificate_fingerprint": st.cert_fpr,
+                "verity_d": f"{VERITY_D}/{st.manifest.name}.crt",
+            },
+            "outputs": [
+                {"file": o["file"], "format": o["format"], "size": o["size"], "sha256": o["sha256"]}
+                for o in st.outputs
+            ],
+        }
+        data = (json.dumps(release, indent=2, sort_keys=True) + "\n").encode()
+        util.atomic_write(st.out / "release.json", data)
+        util.atomic_write(st.out / "release.json.p7s", signing.sign_detached(data, st.key, st.cert))
+        return release

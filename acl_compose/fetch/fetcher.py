@@ -1,0 +1,470 @@
+"""Fetch a Flatcar release and verify it before anything can use it.
+
+Per artifact F: `F.DIGESTS` (its own signature checked via `F.DIGESTS.sig` or the clearsigned
+`F.DIGESTS.asc`), then `F.sig`, then F itself streamed once into a temp file while sha512 is
+computed and gpgv checks the detached signature from a pipe. Only when both pass does the file
+enter the content-addressed cache and the index (see cache.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlparse
+
+from acl_compose.errors import FetchError, InputError, VerificationError
+from acl_compose.fetch.cache import Cache
+from acl_compose.fetch.release import (
+    CURRENT,
+    DEFAULT_ARTIFACTS,
+    Location,
+    Release,
+    check_artifact_name,
+    default_base_url,
+    locate,
+    parse_version_txt,
+)
+from acl_compose.fetch.transport import NotFound, Settings, Threaded, Transport
+from acl_compose.trust import gpg
+
+_HEX_LEN = {"MD5": 32, "SHA1": 40, "SHA256": 64, "SHA512": 128}
+
+
+# -- DIGESTS --------------------------------------------------------------------------------
+def parse_digests(text: str, source: str = "DIGESTS") -> dict[str, dict[str, str]]:
+    """`# MD5 HASH` / `# SHA1 HASH` / `# SHA512 HASH` sections of `<hex>  <name>` lines.
+
+    Returns {algorithm: {file name: lowercase hex}}.
+    """
+    result: dict[str, dict[str, str]] = {}
+    section: str | None = None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        header = re.match(r"^#\s*([A-Za-z0-9-]+)\s+HASH\s*$", line)
+        if header:
+            section = header.group(1).upper().replace("-", "")
+            result.setdefault(section, {})
+            continue
+        parts = line.split(None, 1)
+        if section is None or len(parts) != 2 or not re.fullmatch(r"[0-9a-fA-F]+", parts[0]):
+            raise VerificationError(f"{source}: line {lineno} is not `<hex>  <name>` in a section")
+        want = _HEX_LEN.get(section)
+        if want and len(parts[0]) != want:
+            raise VerificationError(f"{source}: line {lineno}: {section} digest has wrong length")
+        result[section][parts[1].lstrip("*")] = parts[0].lower()
+    return result
+
+
+# -- results --------------------------------------------------------------------------------
+@dataclass
+class Artifact:
+    name: str
+    path: Path
+    size: int
+    sha512: str
+    url: str
+    signature: gpg.Signature
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "size": self.size,
+            "sha512": self.sha512,
+            "url": self.url,
+            "cached": self.cached,
+            "signature": self.signature.to_json(),
+        }
+
+
+@dataclass
+class FetchResult:
+    release: Release
+    board: str
+    base_url: str
+    url: str  # the release folder
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.release.to_json(),
+            "board": self.board,
+            "base_url": self.base_url,
+            "url": self.url,
+            "artifacts": [a.to_json() for a in self.artifacts],
+        }
+
+    def artifact(self, name: str) -> Artifact:
+        return next(a for a in self.artifacts if a.name == name)
+
+
+# -- the fetcher ----------------------------------------------------------------------------
+class _Pipeline:
+    """The sinks one download feeds: the temp file, sha512 and gpgv.
+
+    sha512 and the gpgv pipe each run in a thread (hashlib and pipe writes release the GIL),
+    so on two cores hashing overlaps the network instead of adding to it.
+    """
+
+    def __init__(self, out: BinaryIO, trust: gpg.Trust, sig: Path, what: str) -> None:
+        self.out, self.trust, self.sig, self.what = out, trust, sig, what
+        self.verifier: gpg.StreamVerifier | None = None
+        self._workers: list[Threaded] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.close()
+        self.out.seek(0)
+        self.out.truncate()
+        self.sha512 = hashlib.sha512()
+        self.verifier = self.trust.stream(self.sig, self.what)
+        self._workers = [Threaded(self.sha512.update), Threaded(self.verifier.update)]
+
+    def update(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+        for w in self._workers:
+            w.update(chunk)
+
+    def digest(self) -> str:
+        for w in self._workers:
+            w.close()
+        self._workers = []
+        return self.sha512.hexdigest()
+
+    def signature(self) -> gpg.Signature:
+        verifier, self.verifier = self.verifier, None
+        assert verifier is not None and not self._workers
+        return verifier.finish()
+
+    def close(self) -> None:
+        """Stop whatever is still running (after an error or before a restart)."""
+        for w in self._workers:
+            with contextlib.suppress(Exception):
+                w.close()
+        self._workers = []
+        if self.verifier:
+            self.verifier.abort()
+            self.verifier = None
+
+
+class Fetcher:
+    def __init__(
+        self,
+        loc: Location,
+        board: str,
+        cache: Cache,
+        trust: gpg.Trust,
+        transport: Transport,
+        offline: bool = False,
+    ) -> None:
+        self.loc, self.board, self.cache, self.trust = loc, board, cache, trust
+        self.transport, self.offline = transport, offline
+
+    def resolve(self, release: str) -> str:
+        """`current` (or a flat local folder) -> the version its signed version.txt names."""
+        if release != CURRENT and not self.loc.flat:
+            return release
+        if self.offline:
+            version = self.cache.current(self.loc.base, self.board)
+            if not version:
+                raise FetchError(
+                    f"{self.loc.directory(CURRENT)}version.txt: not in the cache (--offline)",
+                    hint="pass --release VERSION of a cached release, or fetch once online",
+                )
+            return version
+        url = self.loc.directory(CURRENT) + "version.txt"
+        data = self._get(url)
+        self._verify_bytes(self._get(url + ".sig", signature_of=url), data, url)
+        version = parse_version_txt(data.decode(errors="replace"), url).version
+        if release != CURRENT and release != version:
+            raise InputError(f"{url}: holds release {version}, not the requested {release}")
+        self.cache.set_current(self.loc.base, self.board, version)
+        return version
+
+    def _get(self, url: str, signature_of: str | None = None) -> bytes:
+        try:
+            return self.transport.get_bytes(url)
+        except NotFound as e:
+            if signature_of is None:
+                raise
+            raise VerificationError(
+                f"{url}: signature missing, refusing the unsigned {signature_of}",
+                hint="only signed releases are used; check the release server",
+            ) from e
+
+    def _verify_bytes(self, sig: bytes, data: bytes, what: str) -> gpg.Signature:
+        with tempfile.TemporaryDirectory(prefix="acl-sig-") as tmp:
+            (Path(tmp) / "sig").write_bytes(sig)
+            (Path(tmp) / "data").write_bytes(data)
+            return self.trust.verify_file(Path(tmp) / "sig", Path(tmp) / "data", what)
+
+    def digests(self, url: str) -> dict[str, dict[str, str]]:
+        """The verified DIGESTS of one artifact URL."""
+        durl = url + ".DIGESTS"
+        try:
+            text: bytes | None = self.transport.get_bytes(durl)
+        except NotFound:
+            text = None
+        if text is not None:
+            try:
+                sig = self.transport.get_bytes(durl + ".sig")
+            except NotFound:
+                pass
+            else:
+                self._verify_bytes(sig, text, durl)
+                return parse_digests(text.decode(errors="replace"), durl)
+        try:
+            asc = self.transport.get_bytes(durl + ".asc")
+        except NotFound as e:
+            if text is None and not self.transport.exists(url):
+                raise NotFound(
+                    f"{url}: not found",
+                    hint="check --release, --board, --base-url and the artifact name",
+                ) from e
+            missing = f"{durl}.sig and .asc" if text is not None else durl
+            raise VerificationError(
+                f"{missing}: missing, cannot check {url}",
+                hint="only signed releases are used; check the release server",
+            ) from e
+        signed, _ = self.trust.verify_clearsigned(asc, durl + ".asc")
+        return parse_digests(signed.decode(errors="replace"), durl + ".asc")
+
+    def fetch(self, version: str, name: str, progress: bool = False) -> Artifact:
+        check_artifact_name(name)
+        url = self.loc.url(version, name)
+        base, board, cache = self.loc.base, self.board, self.cache
+        with cache.lock(f"{base}|{board}|{version}|{name}"):
+            hit = self._cached(url, version, name)
+            if hit:
+                return hit
+            if self.offline:
+                raise FetchError(
+                    f"{url}: not in the cache (--offline)",
+                    hint="fetch it once without --offline",
+                )
+            expected = self.digests(url).get("SHA512", {}).get(name)
+            if not expected:
+                raise VerificationError(f"{url}.DIGESTS: no SHA512 line for {name}")
+            sig_bytes = self._get(url + ".sig", signature_of=url)
+            with cache.temp_file(name) as (tmp, out), cache.temp_file(name + ".sig") as (sig, sf):
+                sf.write(sig_bytes)
+                sf.close()
+                pipe = _Pipeline(out, self.trust, sig, url)
+                try:
+                    size = self.transport.stream(
+                        url, [pipe], pipe.reset, progress_label=name if progress else None
+                    )
+                    out.flush()
+                    if pipe.digest() != expected:
+                        raise VerificationError(
+                            f"{url}: SHA512 does not match {name}.DIGESTS (corrupted or tampered)"
+                        )
+                    signature = pipe.signature()
+                finally:
+                    pipe.close()
+                out.close()
+                blob = cache.store(tmp, expected)
+            meta = {
+                "url": url,
+                "name": name,
+                "size": size,
+                "sha512": expected,
+                "trusted": self.trust.fingerprint,
+                "signature": signature.to_json(),
+            }
+            path = cache.record(base, board, version, name, blob, meta)
+            return Artifact(name, path, size, expected, url, signature)
+
+    def _cached(self, url: str, version: str, name: str) -> Artifact | None:
+        base, board = self.loc.base, self.board
+        meta = self.cache.entry(base, board, version, name)
+        if not meta:
+            return None
+        link = self.cache.link_path(base, board, version, name)
+        try:
+            ok = (
+                meta.get("trusted") == self.trust.fingerprint
+                and link.resolve() == self.cache.blob_path(meta["sha512"]).resolve()
+                and self.cache.blob_ok(link, int(meta["size"]), meta["sha512"])
+            )
+            sig = meta["signature"]
+            signature = gpg.Signature(
+                sig["fingerprint"], sig["primary_fingerprint"], sig["created"]
+            )
+        except (KeyError, TypeError, ValueError, OSError):
+            ok = False
+        if not ok:
+            self.cache.forget(base, board, version, name)
+            if self.offline:
+                raise VerificationError(
+                    f"{link}: cached copy failed its re-check (or was verified with another key)",
+                    hint="fetch it again without --offline",
+                )
+            return None
+        return Artifact(name, link, int(meta["size"]), meta["sha512"], url, signature, cached=True)
+
+
+def load_trust(
+    cache: Cache,
+    transport: Transport,
+    keyring: str | os.PathLike[str] | None = None,
+    trusted_key: str | None = None,
+    offline: bool = False,
+) -> gpg.Trust:
+    """The trusted key: --keyring FILE, else Flatcar's key downloaded (cached for --offline)."""
+    fpr = gpg.normalize_fingerprint(trusted_key or gpg.FLATCAR_FINGERPRINT)
+    if keyring:
+        return gpg.Trust(keyring, fpr)
+    if fpr != gpg.FLATCAR_FINGERPRINT:
+        raise InputError(
+            f"--trusted-key {fpr} needs --keyring FILE holding that key",
+            hint="only Flatcar's own key is downloaded automatically",
+        )
+    cached = cache.root / "keys" / f"{fpr}.asc"
+    if offline:
+        if not cached.is_file():
+            raise FetchError(
+                f"{gpg.FLATCAR_KEY_URL}: signing key not in the cache (--offline)",
+                hint="pass --keyring FILE or fetch once online",
+            )
+        return gpg.Trust(cached, fpr)
+    # Always refreshed online: Flatcar adds a new signing subkey about once a year.
+    data = transport.get_bytes(gpg.FLATCAR_KEY_URL)
+    with cache.temp_file("flatcar-key.asc") as (tmp, f):
+        f.write(data)
+        f.close()
+        trust = gpg.Trust(tmp, fpr)  # refuses a key with another fingerprint
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, cached)
+    return trust
+
+
+def fetch_release(
+    *,
+    cache_dir: str | os.PathLike[str],
+    channel: str | None = "stable",
+    release: str | None = CURRENT,
+    board: str | None = "amd64-usr",
+    base_url: str | None = None,
+    artifacts: Sequence[str] | None = None,
+    keyring: str | os.PathLike[str] | None = None,
+    trusted_key: str | None = None,
+    offline: bool = False,
+    progress: bool = False,
+    settings: Settings | None = None,
+) -> FetchResult:
+    """Fetch and verify `version.txt` plus `artifacts` (default: the compose set).
+
+    None for channel/release/board means the default (callers pass manifest fields as-is).
+    """
+    channel, release, board = channel or "stable", release or CURRENT, board or "amd64-usr"
+    names = ["version.txt"] + [n for n in (artifacts or DEFAULT_ARTIFACTS) if n != "version.txt"]
+    for n in names:
+        check_artifact_name(n)
+    loc = locate(base_url or default_base_url(channel, board))
+    cache = Cache(cache_dir)
+    transport = Transport(settings, progress=progress)
+    try:
+        with load_trust(cache, transport, keyring, trusted_key, offline) as trust:
+            fetcher = Fetcher(loc, board, cache, trust, transport, offline)
+            version = fetcher.resolve(release)
+            got = [fetcher.fetch(version, n, progress) for n in names]
+    finally:
+        transport.close()
+    vt = got[0]
+    rel = parse_version_txt(vt.path.read_text(errors="replace"), vt.url)
+    if rel.version != version:
+        raise VerificationError(f"{vt.url}: says FLATCAR_VERSION={rel.version}, expected {version}")
+    return FetchResult(rel, board, loc.base, loc.directory(version), got)
+
+
+def export(artifacts: Sequence[Artifact], out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Place verified artifacts in `out_dir` by name: hard link when possible, else copy."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    placed = []
+    for a in artifacts:
+        dest = out / a.name
+        src = a.path.resolve()
+        tmp = out / f".{a.name}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+        placed.append(dest)
+    return placed
+
+
+# -- pinned generic downloads ---------------------------------------------------------------
+def download(
+    url: str,
+    *,
+    sha256: str,
+    cache_dir: str | os.PathLike[str],
+    offline: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Download `url` (http(s)://, file:// or a local path) pinned by sha256; cached by digest.
+
+    Returns `<cache>/blobs/sha256/ab/<sha256>/<file name>`; raises VerificationError (and keeps
+    nothing) when the content does not match.
+    """
+    digest = sha256.lower().removeprefix("sha256:").removeprefix("sha256-")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise InputError(f"sha256 {sha256!r} for {url} is not 64 hex digits")
+    if "://" not in url:
+        url = Path(url).expanduser().resolve().as_uri()
+    name = unquote(urlparse(url).path).rstrip("/").rsplit("/", 1)[-1]
+    name = re.sub(r"[^A-Za-z0-9._+~-]", "_", name).lstrip(".") or "download"
+    cache = Cache(cache_dir)
+    dest = cache.root / "blobs" / "sha256" / digest[:2] / digest / name
+    with cache.lock(f"sha256:{digest}"):
+        if dest.is_file():
+            if cache.blob_ok(dest, dest.stat().st_size, digest, "sha256"):
+                return dest
+            os.unlink(dest)
+        if offline:
+            raise FetchError(f"{url}: not in the cache (--offline)", hint="fetch it once online")
+        transport = Transport(progress=progress)
+        try:
+            with cache.temp_file(name) as (tmp, out):
+                h = hashlib.sha256()
+
+                class _Sink:
+                    def update(self, chunk: bytes | memoryview) -> None:
+                        out.write(chunk)
+                        h.update(chunk)
+
+                def restart() -> None:
+                    nonlocal h
+                    out.seek(0)
+                    out.truncate()
+                    h = hashlib.sha256()
+
+                transport.stream(url, [_Sink()], restart, progress_label=name if progress else None)
+                out.close()
+                if h.hexdigest() != digest:
+                    raise VerificationError(
+                        f"{url}: sha256 {h.hexdigest()} does not match the pinned {digest}",
+                        hint="the file changed upstream or was tampered with; re-check the pin",
+                    )
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+        finally:
+            transport.close()
+    return dest

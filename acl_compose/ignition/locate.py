@@ -1,0 +1,170 @@
+"""Where a key of an Ignition config came from: file, line, column and key path.
+
+Every error message of the ignition stage is located through a `Locator`: JSON input by
+`json_positions`, YAML input by the position-recording loader (`yamlpos`) plus the map from
+rendered Ignition keys back to the Butane keys they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from acl_compose.errors import InputError
+
+KeyPath = tuple[str | int, ...]
+
+
+def dotted(path: KeyPath) -> str:
+    """`("storage", "files", 2, "mode")` -> `storage.files[2].mode`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "$"
+
+
+class IgnitionError(InputError):
+    """An invalid config. `.errors` holds every located message; the first is the message."""
+
+    hint = "fix the named key; see ignition/README.md for the accepted keys"
+
+    def __init__(self, errors: list[str], hint: str | None = None) -> None:
+        super().__init__(errors[0], hint)
+        self.errors = list(errors)
+
+
+@dataclass
+class Locator:
+    """Maps an Ignition key path back to its place in the source file.
+
+    `positions` maps source key paths to (line, col), 1-based. `origin` (YAML input only)
+    maps Ignition key paths to the YAML key path they were rendered from.
+    """
+
+    filename: str | None = None
+    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    origin: dict[KeyPath, KeyPath] | None = None
+
+    def source_path(self, ipath: KeyPath) -> KeyPath:
+        if self.origin is None:
+            return ipath
+        for n in range(len(ipath), -1, -1):
+            if ipath[:n] in self.origin:
+                rest = tuple(p if isinstance(p, int) else snake(p) for p in ipath[n:])
+                return self.origin[ipath[:n]] + rest
+        return ipath
+
+    def where(self, spath: KeyPath) -> str:
+        """`file:line:col: key.path` for a source key path (longest located prefix)."""
+        pos = None
+        for n in range(len(spath), -1, -1):
+            if spath[:n] in self.positions:
+                pos = self.positions[spath[:n]]
+                break
+        head = self.filename or ""
+        if head and pos:
+            head += f":{pos[0]}:{pos[1]}"
+        return f"{head}: {dotted(spath)}" if head else dotted(spath)
+
+
+@dataclass
+class Report:
+    locator: Locator
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def error(self, ipath: KeyPath, msg: str) -> None:
+        self.errors.append(f"{self.locator.where(self.locator.source_path(ipath))}: {msg}")
+
+    def warn(self, ipath: KeyPath, msg: str) -> None:
+        self.warnings.append(f"{self.locator.where(self.locator.source_path(ipath))}: {msg}")
+
+    def error_at_source(self, spath: KeyPath, msg: str) -> None:
+        self.errors.append(f"{self.locator.where(spath)}: {msg}")
+
+    def raise_if_errors(self, hint: str | None = None) -> None:
+        if self.errors:
+            raise IgnitionError(self.errors, hint)
+
+
+def snake(name: str) -> str:
+    """Ignition's camelCase key -> Butane's snake_case (`sizeMiB` -> `size_mib`)."""
+    name = name.replace("MiB", "Mib")
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower()
+
+
+_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def json_positions(text: str) -> dict[KeyPath, tuple[int, int]]:
+    """(line, col) of every key and array item of an already-valid JSON document."""
+    positions: dict[KeyPath, tuple[int, int]] = {}
+    line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def linecol(offset: int) -> tuple[int, int]:
+        lo, hi = 0, len(line_starts) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if line_starts[mid] <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo + 1, offset - line_starts[lo] + 1
+
+    def skip(i: int) -> int:
+        return _WS.match(text, i).end()  # type: ignore[union-attr]
+
+    def value(i: int, path: KeyPath) -> int:
+        i = skip(i)
+        ch = text[i]
+        if ch == "{":
+            i = skip(i + 1)
+            if text[i] == "}":
+                return i + 1
+            while True:
+                i = skip(i)
+                start = i
+                key, i = json.decoder.scanstring(text, i + 1)
+                positions[path + (key,)] = linecol(start)
+                i = skip(i) + 1  # the colon
+                i = skip(value(i, path + (key,)))
+                if text[i] == "}":
+                    return i + 1
+                i += 1
+        if ch == "[":
+            i = skip(i + 1)
+            if text[i] == "]":
+                return i + 1
+            n = 0
+            while True:
+                i = skip(i)
+                positions[path + (n,)] = linecol(i)
+                i = skip(value(i, path + (n,)))
+                n += 1
+                if text[i] == "]":
+                    return i + 1
+                i += 1
+        if ch == '"':
+            return json.decoder.scanstring(text, i + 1)[1]
+        for lit in ("true", "false", "null"):
+            if text.startswith(lit, i):
+                return i + len(lit)
+        return _NUMBER.match(text, i).end()  # type: ignore[union-attr]
+
+    positions[()] = linecol(skip(0))
+    value(0, ())
+    return positions
+
+
+def parse_json(text: str, filename: str) -> tuple[Any, Locator]:
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IgnitionError([f"{filename}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}"]) from None
+    return cfg, Locator(filename, json_positions(text))

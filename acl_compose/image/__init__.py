@@ -1,0 +1,16 @@
+"""image: a Flatcar disk image -> its partitions, filesystems, /usr facts, and output files.
+
+`gpt` reads and writes the partition table, `fs` edits filesystems without mounting, `usr`
+verifies USR-A against the root hash in the kernel, `osrelease` parses os-release,
+`bootfiles` reads the ESP, `outputs` writes raw/qcow2/vhd.
+"""
+
+from acl_compose.util import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "gpt": ["gpt"], "fs": ["fs"], "usr": ["usr"], "osrelease": ["osrelease"],
+        "bootfiles": ["bootfiles"], "outputs": ["outputs"], "sparse": ["sparse"],
+    },
+)  # fmt: skip

@@ -1,0 +1,137 @@
+"""Output images: raw, compact qcow2 and Azure's fixed VHD, each hashed for release.json."""
+
+from __future__ import annotations
+
+import os
+import struct
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from acl_compose.errors import InputError, VerificationError
+from acl_compose.image.sparse import CHUNK, _feed_zeros, _hash_state, copy_sparse, hash_sparse
+from acl_compose.run import run
+
+MIB = 1 << 20
+FORMATS = {"raw": "bin", "qcow2": "qcow2", "vhd": "vhd"}
+
+
+def output_name(stem: str, fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise InputError(f"unknown output format {fmt!r}", hint=f"use any of: {', '.join(FORMATS)}")
+    return f"{stem}.{FORMATS[fmt]}"
+
+
+def write_qcow2(raw: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """Compact qcow2 (holes stay unallocated); qemu-img reads only data extents."""
+    run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)])
+
+
+def vhd_size(raw_size: int) -> int:
+    """Azure wants a fixed VHD whose virtual size is a whole number of MiB."""
+    return -(-raw_size // MIB) * MIB
+
+
+def write_vhd(
+    raw: str | os.PathLike[str], dest: str | os.PathLike[str], work_dir: str | os.PathLike[str]
+) -> None:
+    """Azure fixed VHD: raw bytes (size rounded up to 1 MiB) plus a 512-byte footer.
+
+    force_size keeps qemu-img from rounding to CHS geometry, so the virtual size is exact.
+    """
+    size = os.stat(raw).st_size
+    target = vhd_size(size)
+    src = Path(raw)
+    if target != size:
+        # Pad a sparse copy so the original output stays byte-exact.
+        src = Path(work_dir) / (Path(raw).name + ".padded")
+        copy_sparse(raw, src)
+        os.truncate(src, target)
+    try:
+        run(
+            [
+                "qemu-img",
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vpc",
+                "-o",
+                "subformat=fixed,force_size",
+                str(src),
+                str(dest),
+            ]
+        )
+    finally:
+        if src != Path(raw):
+            src.unlink(missing_ok=True)
+    check_vhd(dest, target)
+
+
+def check_vhd(path: str | os.PathLike[str], expect_size: int | None = None) -> int:
+    """Check the fixed-VHD footer (cookie, type, checksum); return the virtual size."""
+    total = os.stat(path).st_size
+    with open(path, "rb") as f:
+        f.seek(total - 512)
+        footer = f.read(512)
+    if footer[:8] != b"conectix":
+        raise VerificationError(f"{path}: no VHD footer (cookie 'conectix' missing)")
+    (disk_type,) = struct.unpack_from(">I", footer, 60)
+    (current_size,) = struct.unpack_from(">Q", footer, 48)
+    (checksum,) = struct.unpack_from(">I", footer, 64)
+    calc = (~sum(footer[:64] + b"\0\0\0\0" + footer[68:])) & 0xFFFFFFFF
+    if disk_type != 2:
+        raise VerificationError(f"{path}: VHD disk type {disk_type}, expected 2 (fixed)")
+    if calc != checksum:
+        raise VerificationError(f"{path}: VHD footer checksum mismatch")
+    if current_size % MIB or current_size != total - 512:
+        raise VerificationError(
+            f"{path}: VHD virtual size {current_size} is not a whole MiB matching the file"
+        )
+    if expect_size is not None and current_size != expect_size:
+        raise VerificationError(f"{path}: VHD virtual size {current_size}, expected {expect_size}")
+    return current_size
+
+
+def write_outputs(
+    raw: Path, out_dir: Path, stem: str, formats: list[str], work_dir: Path
+) -> list[dict[str, object]]:
+    """Write every requested format; `raw` (the composed work image) becomes the .bin.
+
+    The conversions (qemu-img, mostly I/O) run beside the raw image's hash (CPU; hashlib
+    drops the GIL), and the fixed VHD's sha256 continues the raw one: a fixed VHD is the raw
+    bytes, zero padding to a whole MiB, and a 512-byte footer.
+    """
+    paths = {fmt: out_dir / output_name(stem, fmt) for fmt in formats}
+    size = os.stat(raw).st_size
+
+    def convert() -> None:
+        if "qcow2" in paths:
+            write_qcow2(raw, paths["qcow2"])
+        if "vhd" in paths:
+            write_vhd(raw, paths["vhd"], work_dir)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        conv = pool.submit(convert)
+        raw_hash = pool.submit(_hash_state, raw)
+        conv.result()
+        h = raw_hash.result()
+    digests = {"raw": h.hexdigest()}
+    if "vhd" in paths:
+        v = h.copy()
+        _feed_zeros(v, memoryview(bytes(CHUNK)), vhd_size(size) - size)
+        with open(paths["vhd"], "rb") as f:
+            f.seek(vhd_size(size))
+            v.update(f.read())
+        digests["vhd"] = v.hexdigest()
+    if "qcow2" in paths:
+        digests["qcow2"] = hash_sparse(paths["qcow2"])
+    if "raw" in paths:
+        os.replace(raw, paths["raw"])
+    results: list[dict[str, object]] = []
+    for fmt in FORMATS:
+        if fmt in paths:
+            p = paths[fmt]
+            results.append({"format": fmt, "path": p, "file": p.name,
+                            "size": os.stat(p).st_size, "sha256": digests[fmt]})  # fmt: skip
+    return results

@@ -1,0 +1,17 @@
+"""sysext: a bundle folder -> a signed systemd-sysext image; an image + base -> merge verdict.
+
+`bundle` reads sysext.yaml and assembles the tree, `policy` refuses what an immutable host must
+not carry, `ddi` lays out the GPT disk image, `builder` makes the filesystem, verity tree and
+signature, `checker` applies systemd-sysext's match rules offline.
+"""
+
+from acl_compose.util import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__,
+    {
+        "builder": ["build"],
+        "checker": ["CheckResult", "check", "read_extension_releases"],
+        "bundle": ["Bundle", "input_digest", "load_bundle"],
+    },
+)

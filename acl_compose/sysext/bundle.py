@@ -1,0 +1,505 @@
+"""Sysext bundles: load `sysext.yaml` (with file:line errors) and assemble the image tree.
+
+A bundle is a directory with `sysext.yaml`, a `files/` tree and a README. The tree is
+assembled in a scratch directory with normalized metadata (modes, no umask, fixed
+mtimes) so the filesystem built from it depends only on the bundle's content.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from acl_compose import yamlpos
+from acl_compose.errors import InputError, PolicyError
+from acl_compose.image.osrelease import format_os_release
+from acl_compose.sysext.policy import walk_sorted
+
+TOP_KEYS = {
+    "name",
+    "version",
+    "description",
+    "os",
+    "sysext_level",
+    "version_id",
+    "architecture",
+    "filesystem",
+    "compression",
+    "files",
+    "units",
+    "reload_manager",
+    "allow_package_manager",
+}
+FILE_KEYS = {"path", "from", "inline", "url", "sha256", "symlink", "mode"}
+SOURCES = ("from", "inline", "url", "symlink")
+ARCHITECTURES = ("x86-64", "arm64")
+COMPRESSIONS = {
+    "erofs": ("none", "lz4", "lz4hc"),
+    "squashfs": ("none", "gzip", "xz", "lzo", "lz4", "zstd"),
+}
+DEFAULT_COMPRESSION = {"erofs": "lz4hc", "squashfs": "gzip"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_UNIT = re.compile(r"^[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|path|target|mount)$")
+EXTENSION_RELEASE_DIR = "usr/lib/extension-release.d"
+
+
+# ---------------------------------------------------------------- the bundle model
+@dataclass
+class FileEntry:
+    path: str  # absolute target path in the image, e.g. /usr/bin/foo
+    line: int  # line in sysext.yaml, for error messages
+    source: str  # "from" | "inline" | "url" | "symlink"
+    value: str
+    sha256: str | None = None
+    mode: int | None = None
+
+
+@dataclass
+class Bundle:
+    directory: Path
+    manifest: Path
+    name: str
+    version: str
+    description: str = ""
+    os: str = "flatcar"
+    sysext_level: str | None = "1.0"
+    version_id: str | None = None
+    architecture: str = "x86-64"
+    filesystem: str = "erofs"
+    compression: str = "lz4hc"
+    files: list[FileEntry] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    reload_manager: bool = False
+    allow_package_manager: str | None = None
+
+    def where(self, line: int) -> str:
+        return f"{self.manifest}:{line}"
+
+    def extension_release(self) -> dict[str, str]:
+        data = {"ID": self.os}
+        if self.sysext_level is not None:
+            data["SYSEXT_LEVEL"] = self.sysext_level
+        if self.version_id is not None:
+            data["VERSION_ID"] = self.version_id
+        data["ARCHITECTURE"] = self.architecture
+        # SYSEXT_ID/SYSEXT_VERSION_ID describe the extension itself (os-release(5), newer systemd).
+        data["SYSEXT_ID"] = self.name
+        data["SYSEXT_VERSION_ID"] = self.version
+        if self.reload_manager:
+            data["EXTENSION_RELOAD_MANAGER"] = "1"
+        return data
+
+
+def _err(where: str, msg: str, hint: str | None = None) -> InputError:
+    return InputError(f"{where}: {msg}", hint=hint or "see the bundle format in sysext/README.md")
+
+
+def _scalar_str(value: Any, raw: str | None, key: str, where: str) -> str:
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+        raise _err(where, f"{key} must be a string, got {value!r}")
+    # Numbers such as `version: 1.0` are taken as written, not as floats.
+    return value if isinstance(value, str) else raw if raw is not None else str(value)
+
+
+def _parse_mode(value: Any, raw: str | None, where: str) -> int:
+    raw = raw if raw is not None else str(value)
+    text = raw.strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{1,4}", text):
+        raise _err(where, f"mode {raw!r} is not an octal mode like 0644")
+    return int(text, 8)
+
+
+def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
+    """Parse and validate `DIR/sysext.yaml`; InputError with file:line on any mistake."""
+    directory = Path(directory)
+    manifest = directory / "sysext.yaml"
+    if not manifest.is_file():
+        raise InputError(
+            f"{manifest} not found", hint="a bundle is a directory with sysext.yaml and files/"
+        )
+    try:
+        loc = yamlpos.load(manifest.read_text(encoding="utf-8"))
+    except yamlpos.BadKeyError as e:
+        raise InputError(f"{manifest}: line {e.problem_mark.line + 1}: {e.problem}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise InputError(f"{manifest}{line}: invalid YAML: {getattr(e, 'problem', e)}") from e
+    data = loc.data
+    if not isinstance(data, dict):
+        raise _err(f"{manifest}:1", "expected a mapping of bundle fields")
+
+    def at(key: str) -> str:
+        return f"{manifest}:{loc.line((key,))}"
+
+    def text(key: str) -> str:
+        return _scalar_str(data[key], loc.raw((key,)), key, at(key))
+
+    for key in data:
+        if key not in TOP_KEYS:
+            raise _err(
+                at(key), f"unknown key {key!r}", hint=f"known keys: {', '.join(sorted(TOP_KEYS))}"
+            )
+    for key in ("name", "version"):
+        if key not in data:
+            raise _err(f"{manifest}:{loc.start(())[0]}", f"missing required key {key!r}")
+    b = Bundle(
+        directory=directory,
+        manifest=manifest,
+        name=text("name"),
+        version=text("version"),
+    )
+    for key in ("name", "version"):
+        if not _NAME.match(getattr(b, key)):
+            raise _err(at(key), f"{key} {getattr(b, key)!r} may only use letters, digits and _.+-")
+    if "description" in data:
+        b.description = text("description")
+    if "os" in data:
+        b.os = text("os")
+        if not re.fullmatch(r"[a-z0-9._-]+|_any", b.os):
+            raise _err(at("os"), f"os {b.os!r} is not an os-release ID (lowercase) or _any")
+    if "version_id" in data:
+        b.version_id = text("version_id")
+        b.sysext_level = None
+    if "sysext_level" in data:
+        b.sysext_level = text("sysext_level")
+    if "architecture" in data:
+        b.architecture = text("architecture")
+        if b.architecture not in ARCHITECTURES:
+            raise _err(
+                at("architecture"), f"architecture must be one of {', '.join(ARCHITECTURES)}"
+            )
+    if "filesystem" in data:
+        b.filesystem = text("filesystem")
+        if b.filesystem not in COMPRESSIONS:
+            raise _err(at("filesystem"), "filesystem must be erofs or squashfs")
+    b.compression = DEFAULT_COMPRESSION[b.filesystem]
+    if "compression" in data:
+        b.compression = text("compression")
+        if b.compression not in COMPRESSIONS[b.filesystem]:
+            allowed = ", ".join(COMPRESSIONS[b.filesystem])
+            raise _err(
+                at("compression"), f"compression for {b.filesystem} must be one of {allowed}"
+            )
+    if "reload_manager" in data:
+        if not isinstance(data["reload_manager"], bool):
+            raise _err(at("reload_manager"), "reload_manager must be true or false")
+        b.reload_manager = data["reload_manager"]
+    if "allow_package_manager" in data:
+        reason = data["allow_package_manager"]
+        if not isinstance(reason, str) or not reason.strip():
+            raise _err(
+                at("allow_package_manager"),
+                "allow_package_manager must be a non-empty reason string",
+            )
+        b.allow_package_manager = reason
+    if "units" in data:
+        units = data["units"]
+        if not isinstance(units, list):
+            raise _err(at("units"), "units must be a list of unit names")
+        for i, unit in enumerate(units):
+            where = f"{manifest}:{loc.line(('units', i))}"
+            if not isinstance(unit, str) or not _UNIT.match(unit):
+                raise _err(where, f"{unit!r} is not a systemd unit name")
+            b.units.append(unit)
+    if "files" in data:
+        files = data["files"]
+        if not isinstance(files, list):
+            raise _err(at("files"), "files must be a list of entries")
+        for i, entry in enumerate(files):
+            b.files.append(_file_entry(entry, loc, ("files", i), manifest))
+    return b
+
+
+def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest: Path) -> FileEntry:
+    line = loc.line(ypath)
+    where = f"{manifest}:{line}"
+    if not isinstance(entry, dict):
+        raise _err(where, "each files entry must be a mapping with path and a source")
+    for key in entry:
+        if key not in FILE_KEYS:
+            raise _err(
+                f"{manifest}:{loc.line(ypath + (key,))}",
+                f"unknown key {key!r} in files entry",
+                hint=f"known keys: {', '.join(sorted(FILE_KEYS))}",
+            )
+    if "path" not in entry:
+        raise _err(where, "files entry without path")
+    path = _scalar_str(entry["path"], loc.raw(ypath + ("path",)), "path", where)
+    if not path.startswith("/"):
+        raise _err(where, f"path {path!r} must be absolute (e.g. /usr/lib/...)")
+    norm = os.path.normpath(path)
+    if norm != path.rstrip("/") or ".." in path.split("/"):
+        raise _err(where, f"path {path!r} is not normalized (no '..', '//' or '.')")
+    sources = [s for s in SOURCES if s in entry]
+    if len(sources) != 1:
+        raise _err(where, f"files entry {path} needs exactly one of {', '.join(SOURCES)}")
+    src = sources[0]
+    value = entry[src]
+    if not isinstance(value, str):
+        if src == "inline" and value is not None and not isinstance(value, (dict, list, bool)):
+            value = _scalar_str(value, loc.raw(ypath + (src,)), src, where)
+        else:
+            raise _err(where, f"{src} of {path} must be a string")
+    fe = FileEntry(path=norm, line=line, source=src, value=value)
+    if src == "url":
+        sha = entry.get("sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise _err(where, f"url entry {path} needs sha256: <64 lowercase hex>")
+        fe.sha256 = sha
+    elif "sha256" in entry:
+        raise _err(where, f"sha256 only applies to url entries ({path})")
+    if "mode" in entry:
+        if src == "symlink":
+            raise _err(where, f"symlink {path} cannot have a mode")
+        fe.mode = _parse_mode(entry["mode"], loc.raw(ypath + ("mode",)), where)
+    return fe
+
+
+# ---------------------------------------------------------------- hashing the inputs
+def input_digest(bundle: Bundle, extra: dict[str, Any], memo: dict[str, str] | None = None) -> str:
+    """A sha256 over everything that determines the image: fields, file bytes, modes, links.
+
+    Used as the build cache key and the seed of the verity salt and filesystem UUID.
+    `memo` maps a file's identity (device, inode, size, mtime, ctime) to its content hash,
+    so an unchanged bundle is not re-read on every build; it is updated in place.
+    """
+    h = hashlib.sha256()
+    fields = {
+        k: v
+        for k, v in vars(bundle).items()
+        if k not in ("directory", "manifest", "files", "description")
+    }
+    fields["files"] = [(f.path, f.source, f.value, f.sha256, f.mode) for f in bundle.files]
+    fields.update(extra)
+    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    for f in bundle.files:
+        if f.source != "from":
+            continue
+        src = os.fspath(_source_path(bundle, f))
+        for rel, st in walk_sorted(src):
+            p = f"{src}/{rel}" if rel else src
+            # Only what reaches the image: file type and the normalized mode, not the umask.
+            fmt = stat.S_IFMT(st.st_mode)
+            mode = (
+                _normal_mode(st.st_mode)
+                if stat.S_ISREG(st.st_mode)
+                else stat.S_IMODE(st.st_mode) & 0o7000
+            )
+            h.update(f"\0{f.path}\0{rel}\0{fmt:o}\0{mode:o}\0".encode())
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(p).encode())
+            elif stat.S_ISREG(st.st_mode):
+                h.update(_file_sha256(p, st, memo).encode())
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                h.update(str(st.st_rdev).encode())
+    return h.hexdigest()
+
+
+def _file_sha256(path: str, st: os.stat_result, memo: dict[str, str] | None) -> str:
+    # ctime cannot be set back by `touch`, so a rewritten file always gets a new identity.
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    if memo is not None and ident in memo:
+        return memo[ident]
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    digest = h.hexdigest()
+    if memo is not None:
+        memo[ident] = digest
+    return digest
+
+
+def _source_path(bundle: Bundle, f: FileEntry) -> Path:
+    root = bundle.directory.resolve()
+    p = (bundle.directory / f.value).resolve() if not os.path.isabs(f.value) else Path(f.value)
+    if p != root and root not in p.parents:
+        raise _err(bundle.where(f.line), f"from: {f.value} is outside the bundle directory")
+    if not os.path.lexists(bundle.directory / f.value):
+        raise _err(bundle.where(f.line), f"from: {f.value} does not exist")
+    # Keep the unresolved path so a symlink given as source is itself checked by policy.
+    return bundle.directory / f.value
+
+
+# ---------------------------------------------------------------- assembling the tree
+Downloader = Callable[[str, str], Path]
+
+
+def assemble(bundle: Bundle, root: Path, download: Downloader | None = None) -> dict[str, str]:
+    """Build the image tree under `root` (empty dir). Returns image path -> where it came from.
+
+    Regular files get mode 0644 (0755 if any execute bit is set) unless `mode` is given,
+    directories 0755: the builder's umask and the source's ownership never reach the image.
+    Special files and setuid bits in sources are copied as found so the policy can name them.
+    """
+    origin: dict[str, str] = {}
+    linked: set[tuple[int, int]] = set()
+    for f in bundle.files:
+        where = bundle.where(f.line)
+        rel = f.path.lstrip("/")
+        if not rel:
+            raise _err(where, "path / cannot be a file")
+        target = root / rel
+        _make_parents(root, target.parent, where)
+        if os.path.lexists(target) and f.source != "from":
+            raise _err(where, f"{f.path} is listed twice")
+        if f.source == "inline":
+            _write_file(target, f.value.encode(), f.mode if f.mode is not None else 0o644)
+        elif f.source == "symlink":
+            os.symlink(f.value, target)
+        elif f.source == "url":
+            if download is None:
+                raise _err(where, f"{f.path} needs a download but none is available")
+            cached = download(f.value, f.sha256 or "")
+            _place_file(cached, os.stat(cached), target, f.mode, linked)
+        else:
+            _copy_tree(_source_path(bundle, f), target, f.mode, where, origin, f.path, linked)
+        origin.setdefault(f.path, where)
+    _enable_units(bundle, root, origin)
+    er = Path(EXTENSION_RELEASE_DIR) / f"extension-release.{bundle.name}"
+    _make_parents(root, root / er.parent, bundle.where(1))
+    if os.path.lexists(root / er):
+        raise _err(
+            origin.get("/" + str(er), bundle.where(1)),
+            f"/{er} is generated from sysext.yaml; do not ship it in files",
+        )
+    _write_file(root / er, format_os_release(bundle.extension_release()).encode(), 0o644)
+    origin["/" + str(er)] = "extension-release (generated)"
+    # Timestamps are not normalized here: mkfs pins them all (-T0 / -all-time 0), which
+    # the reproducibility tests prove, and hard-linked bundle files must stay untouched.
+    return origin
+
+
+def _make_parents(root: Path, directory: Path, where: str) -> None:
+    rel = directory.relative_to(root)
+    cur = root
+    for part in rel.parts:
+        cur = cur / part
+        if os.path.islink(cur) or (cur.exists() and not cur.is_dir()):
+            raise _err(where, f"/{cur.relative_to(root)} is not a directory")
+        if not cur.exists():
+            cur.mkdir()
+            os.chmod(cur, 0o755)
+
+
+def _write_file(target: Path, data: bytes, mode: int) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(target, mode)
+
+
+def _normal_mode(st_mode: int) -> int:
+    # setuid/setgid/sticky are kept so the policy sees them; group/other mirror the owner.
+    special = stat.S_IMODE(st_mode) & 0o7000
+    return special | (0o755 if st_mode & 0o111 else 0o644)
+
+
+def _place_file(
+    src: str | Path,
+    st: os.stat_result,
+    target: str | Path,
+    mode: int | None,
+    linked: set[tuple[int, int]],
+) -> None:
+    """Hard-link `src` into the tree when its mode is already the image's, else copy it.
+
+    Linking saves copying large trees; it is invisible in the image because mkfs runs with
+    fixed timestamps and root ownership, and erofs/squashfs count links only within the
+    tree. A source inode is linked at most once, so two entries never become one inode.
+    The linked file is never modified (no chmod/utime), so the bundle is left untouched.
+    """
+    want = mode if mode is not None else _normal_mode(st.st_mode)
+    key = (st.st_dev, st.st_ino)
+    if stat.S_IMODE(st.st_mode) == want and key not in linked:
+        try:
+            os.link(src, target)
+            linked.add(key)
+            return
+        except OSError:  # other filesystem, or not permitted: copy instead
+            pass
+    shutil.copyfile(src, target)
+    os.chmod(target, want)
+
+
+def _copy_tree(
+    src: Path,
+    target: Path,
+    mode: int | None,
+    where: str,
+    origin: dict[str, str],
+    image_path: str,
+    linked: set[tuple[int, int]],
+) -> None:
+    src_s, target_s = os.fspath(src), os.fspath(target)
+    for rel, st in walk_sorted(src_s):
+        s = f"{src_s}/{rel}" if rel else src_s
+        t = f"{target_s}/{rel}" if rel else target_s
+        ipath = f"{image_path}/{rel}" if rel else image_path
+        origin.setdefault(ipath, where)
+        m = st.st_mode
+        if stat.S_ISDIR(m):
+            if not os.path.isdir(t) or os.path.islink(t):
+                if os.path.lexists(t):
+                    raise _err(where, f"{ipath} is both a file and a directory")
+                os.mkdir(t)
+            os.chmod(
+                t, (mode if mode is not None and not rel else 0o755) | (stat.S_IMODE(m) & 0o7000)
+            )
+        elif os.path.lexists(t):
+            raise _err(where, f"{ipath} is provided twice")
+        elif stat.S_ISLNK(m):
+            os.symlink(os.readlink(s), t)
+        elif stat.S_ISREG(m):
+            _place_file(s, st, t, mode if not rel else None, linked)
+        else:
+            # Device nodes, FIFOs and sockets are reproduced so the policy check names them.
+            if stat.S_ISCHR(m) or stat.S_ISBLK(m) or stat.S_ISFIFO(m):
+                os.mknod(t, stat.S_IFMT(m) | 0o600, st.st_rdev)
+            else:
+                raise PolicyError(f"{where}: {ipath} is a socket or other special file")
+
+
+def _unit_wanted_by(unit_file: Path) -> list[str]:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, allow_no_value=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(unit_file.read_text(encoding="utf-8"))
+    except (configparser.Error, UnicodeDecodeError) as e:
+        raise InputError(f"{unit_file.name}: cannot parse unit file: {e}") from e
+    if not parser.has_section("Install"):
+        return []
+    return [t for v in (parser["Install"].get("WantedBy") or "").split() for t in [v] if t]
+
+
+def _enable_units(bundle: Bundle, root: Path, origin: dict[str, str]) -> None:
+    """`units:` -> `<target>.wants/<unit>` links, as `systemctl enable` would create them."""
+    unit_dir = root / "usr/lib/systemd/system"
+    for unit in bundle.units:
+        f = unit_dir / unit
+        if not f.is_file():
+            raise InputError(
+                f"{bundle.manifest}: unit {unit} is enabled but /usr/lib/systemd/system/{unit} "
+                "is not in files",
+                hint="add the unit file under files: with path /usr/lib/systemd/system/<unit>",
+            )
+        targets = _unit_wanted_by(f) or ["multi-user.target"]
+        for t in targets:
+            wants = unit_dir / f"{t}.wants"
+            _make_parents(root, wants, str(bundle.manifest))
+            link = wants / unit
+            if not os.path.lexists(link):
+                os.symlink(f"../{unit}", link)
+                origin[f"/usr/lib/systemd/system/{t}.wants/{unit}"] = f"units: {unit}"

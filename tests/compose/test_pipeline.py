@@ -1,0 +1,417 @@
+"""compose / inspect / verify end to end.
+
+Fast tests compose the small Flatcar-shaped image from tests/fixtures_compose.py (a local
+`base.path`) with the product's real bundles and Ignition configs; integration tests compose
+the testbed release served on loopback (the session fixture `composed_release`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from acl_compose.image import fs, gpt, usr
+from acl_compose.image.outputs import copy_sparse
+from tests.conftest import run_cli
+from tests.fixtures_compose import REPO, build_mini_flatcar, write_manifest
+
+BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
+CONFIGS = [REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"]
+SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
+
+
+def compose(
+    manifest: Path, out: Path, cache: Path, check: bool | None = True
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "--cache-dir", cache, "--json", "compose", manifest, "-o", out, check=check, env=SDE
+    )
+
+
+def verify(out: Path, cert: Path, check: bool | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("--json", "verify", out, "--cert", cert, check=check)
+
+
+def flip(path: Path, offset: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x01]))
+
+
+def sysext_offset(img: Path, inner_path: str) -> int:
+    """Byte offset in the disk image of the first data block of a file in ROOT."""
+    root = gpt.read(img).by_label("ROOT")
+    spec = fs.ext4_spec(img, root.offset)
+    stats = subprocess.run(["debugfs", "-R", "stats", spec], capture_output=True, text=True).stdout
+    bs = int(re.search(r"Block size:\s+(\d+)", stats).group(1))
+    blocks = subprocess.run(
+        ["debugfs", "-R", f"blocks {inner_path}", spec], capture_output=True, text=True
+    ).stdout.split()
+    return root.offset + int(blocks[0]) * bs
+
+
+@pytest.fixture(scope="module")
+def mini_release(mini_flatcar, release_key, tmp_path_factory):
+    key, cert = release_key
+    d = tmp_path_factory.mktemp("mini-release")
+    m = write_manifest(d / "m.yaml", base={"path": mini_flatcar.path}, key=key, cert=cert,
+                       sysexts=BUNDLES, ignition=CONFIGS)  # fmt: skip
+    cache = d / "cache"
+    proc = compose(m, d / "out", cache)
+    return {"dir": d, "out": d / "out", "manifest": m, "cache": cache, "cert": cert, "key": key,
+            "release": json.loads(proc.stdout), "stderr": proc.stderr}  # fmt: skip
+
+
+def test_compose_writes_signed_release(mini_release, mini_flatcar):
+    out, rel = mini_release["out"], mini_release["release"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "acl-test-1.0.0.bin", "acl-test-1.0.0.qcow2", "acl-test-1.0.0.vhd",
+        "release.json", "release.json.p7s",
+    ]  # fmt: skip
+    assert json.loads((out / "release.json").read_text()) == rel
+    assert rel["usr"]["root_hash"] == mini_flatcar.root_hash
+    assert rel["source_date_epoch"] == 1700000000 and rel["tool"]["name"] == "acl-compose"
+    assert [(s["name"], s["path"]) for s in rel["sysexts"]] == [
+        ("azure-base", "/opt/extensions/azure-base/azure-base-1.0.0.raw"),
+        ("aks-node", "/opt/extensions/aks-node/aks-node-1.0.0.raw"),
+    ]
+    assert all(s["signed"] and len(s["root_hash"]) == 64 for s in rel["sysexts"])
+    fpr = rel["signing"]["certificate_fingerprint"]
+    assert all(s["certificate_fingerprint"] == fpr for s in rel["sysexts"])
+    assert {o["format"] for o in rel["outputs"]} == {"raw", "qcow2", "vhd"}
+    # The release signature is what openssl accepts, independently of our code.
+    r = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in",
+                        out / "release.json.p7s", "-content", out / "release.json", "-CAfile",
+                        mini_release["cert"], "-purpose", "any", "-out", "/dev/null"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    # Each step printed its progress line.
+    for step in (
+        "fetch and verify the base",
+        "verify the base /usr",
+        "build and check 2 sysext",
+        "bake 2 Ignition config",
+        "write outputs",
+        "write and sign release.json",
+    ):  # noqa: E501 fmt: skip
+        assert step in mini_release["stderr"]
+
+
+def test_composed_image_contents(mini_release, mini_flatcar, tmp_path):
+    img = mini_release["out"] / "acl-test-1.0.0.bin"
+    base, new = gpt.read(mini_flatcar.path), gpt.read(img)
+    assert [p.to_json() for p in base.partitions] == [p.to_json() for p in new.partitions]
+    # ESP and USR-A are untouched; ROOT and OEM were edited offline.
+    for label in ("EFI-SYSTEM", "USR-A"):
+        p = base.by_label(label)
+        with open(mini_flatcar.path, "rb") as a, open(img, "rb") as b:
+            a.seek(p.offset)
+            b.seek(p.offset)
+            assert a.read(p.size) == b.read(p.size), label
+    spec = fs.ext4_spec(img, new.by_label("ROOT").offset)
+    assert (
+        fs.ext4_readlink(spec, "/etc/extensions/aks-node.raw")
+        == "/opt/extensions/aks-node/aks-node-1.0.0.raw"
+    )
+    assert b"BEGIN CERTIFICATE" in fs.ext4_read(spec, "/etc/verity.d/acl-test.crt")
+    assert subprocess.run(["e2fsck", "-fn", spec], capture_output=True).returncode == 0
+    # OEM rebuilt with the same label and UUID, base.ign inside, oem-release kept.
+    parts = {}
+    for which, path in (("base", mini_flatcar.path), ("new", img)):
+        f = tmp_path / f"{which}-oem.img"
+        gpt.copy_out(path, gpt.read(path).by_label("OEM"), f)
+        parts[which] = f
+    a, b = fs.btrfs_info(parts["base"]), fs.btrfs_info(parts["new"])
+    assert (a.uuid, a.label) == (b.uuid, b.label)
+    ign = fs.btrfs_read_file(parts["new"], "base/base.ign")
+    assert (
+        __import__("hashlib").sha256(ign).hexdigest()
+        == mini_release["release"]["ignition"]["sha256"]
+    )
+    assert json.loads(ign)["ignition"]["version"].startswith("3.")
+    assert fs.btrfs_read_file(parts["new"], "oem-release") == fs.btrfs_read_file(
+        parts["base"], "oem-release"
+    )
+    if shutil.which("ignition-validate"):
+        (tmp_path / "base.ign").write_bytes(ign)
+        r = subprocess.run(
+            ["ignition-validate", str(tmp_path / "base.ign")], capture_output=True, text=True
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_inspect_shows_everything(mini_release):
+    for name in ("acl-test-1.0.0.bin", "acl-test-1.0.0.qcow2", "acl-test-1.0.0.vhd"):
+        proc = run_cli("--json", "inspect", mini_release["out"] / name, check=True)
+        r = json.loads(proc.stdout)
+        assert r["flatcar_version"] == "9999.2.0"
+        assert (
+            r["usr"]["verified"] is True
+            and r["usr"]["kernel_root_hash"] == mini_release["release"]["usr"]["root_hash"]
+        )
+        assert r["oem"]["id"] == "azure"
+        assert (
+            r["oem"]["configs"]["base/base.ign"]["sha256"]
+            == mini_release["release"]["ignition"]["sha256"]
+        )
+        got = {
+            s["name"]: (s["version"], s["signed"], s["status"], s["enabled_by"])
+            for s in r["sysexts"]
+        }
+        assert got == {
+            "azure-base": ("1.0.0", True, "ok", "/etc/extensions/azure-base.raw"),
+            "aks-node": ("1.0.0", True, "ok", "/etc/extensions/aks-node.raw"),
+        }
+        assert [p["label"] for p in r["disk"]["partitions"]][2] == "USR-A"
+    text = run_cli("inspect", mini_release["out"] / "acl-test-1.0.0.bin", check=True).stdout
+    assert (
+        "sysext aks-node 1.0.0" in text
+        and "/usr verity: verified" in text
+        and "OEM id: azure" in text
+    )
+
+
+def test_verify_passes(mini_release):
+    proc = verify(mini_release["out"], mini_release["cert"], check=True)
+    checks = {c["check"]: c["ok"] for c in json.loads(proc.stdout)["checks"]}
+    assert all(checks.values())
+    assert {"release.json.p7s", "/usr verity", "sysext azure-base", "sysext aks-node", "ignition",
+            "output acl-test-1.0.0.vhd"} <= set(checks)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("target", "needle"),
+    [
+        ("release.json", "release.json signature"),
+        ("release.json.p7s", "release.json signature"),
+        ("acl-test-1.0.0.qcow2", "acl-test-1.0.0.qcow2: sha256"),
+        ("acl-test-1.0.0.vhd", "acl-test-1.0.0.vhd: sha256"),
+        ("sysext", "sysext aks-node (/opt/extensions/aks-node/aks-node-1.0.0.raw): sha256"),
+        ("usr", "/usr"),
+    ],
+)
+def test_flipped_byte_fails_verify(mini_release, tmp_path, target, needle):
+    out = tmp_path / "out"
+    out.mkdir()
+    for f in mini_release["out"].iterdir():
+        copy_sparse(f, out / f.name)
+    img = out / "acl-test-1.0.0.bin"
+    if target == "sysext":
+        flip(img, sysext_offset(img, "/opt/extensions/aks-node/aks-node-1.0.0.raw") + 100)
+    elif target == "usr":
+        flip(img, gpt.read(img).by_label("USR-A").offset + 0x10000 + 3 * 4096 + 5)
+    else:
+        size = (out / target).stat().st_size
+        flip(out / target, size - 10 if target.startswith("release.json") else size // 2)
+    proc = verify(out, mini_release["cert"], check=False)
+    assert proc.returncode == 1
+    assert needle in proc.stderr, proc.stderr
+    if target in ("sysext", "usr"):
+        assert "acl-test-1.0.0.bin: sha256" in proc.stderr  # the image checksum too
+
+
+def test_verify_wrong_cert(mini_release, tmp_path):
+    run_cli("keys", "generate", "--out", tmp_path / "other", check=True)
+    proc = verify(mini_release["out"], tmp_path / "other" / "release.crt", check=False)
+    assert "release.json signature" in proc.stderr
+    assert "sysext azure-base" in proc.stderr  # signed by a key the consumer does not trust
+
+
+def test_same_manifest_twice_same_sysext_and_ignition(mini_release, tmp_path):
+    """Composing the same manifest twice gives the same release.json except `outputs`.
+
+    Fields that legitimately differ:
+    - outputs[].sha256: the OEM btrfs rebuilt by mkfs.btrfs gets fresh chunk-tree and device
+      UUIDs and creation times (btrfs-progs 6.2 cannot pin them); ROOT, ESP, USR and the GPT
+      are byte-identical.
+    - release.json.p7s: an ECDSA signature is randomized.
+    - with a remote base: base.source and base.artifacts[].url carry the server's address.
+    - source_date_epoch when neither SOURCE_DATE_EPOCH nor the manifest sets it (then: now).
+    - sysexts[].sha256 only when rebuilt without the compose cache and signed with an EC key
+      (randomized signature in the DDI's signature partition; root_hash stays the same).
+    """
+    proc = compose(mini_release["manifest"], tmp_path / "again", mini_release["cache"])
+    a, b = mini_release["release"], json.loads(proc.stdout)
+    assert {k for k in a if a[k] != b[k]} == {"outputs"}
+    assert a["sysexts"] == b["sysexts"]
+    assert a["ignition"] == b["ignition"]
+    assert "cached" in proc.stderr  # warm: the verified base was reused
+
+    # ROOT (ext4 edited by debugfs with SOURCE_DATE_EPOCH times) is byte-identical too.
+    def root_bytes(p: Path) -> bytes:
+        part = gpt.read(p).by_label("ROOT")
+        with open(p, "rb") as f:
+            f.seek(part.offset)
+            return f.read(part.size)
+
+    assert root_bytes(mini_release["out"] / "acl-test-1.0.0.bin") == root_bytes(
+        tmp_path / "again" / "acl-test-1.0.0.bin"
+    )
+
+
+def test_mismatched_sysext_stops_before_output(mini_flatcar, release_key, tmp_path):
+    bundle = tmp_path / "wrong"
+    shutil.copytree(BUNDLES[0], bundle)
+    text = (bundle / "sysext.yaml").read_text()
+    text = re.sub(r"(?m)^sysext_level:.*$", "", text)
+    (bundle / "sysext.yaml").write_text(text + "\nsysext_level: '2.0'\n")
+    key, cert = release_key
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini_flatcar.path}, key=key, cert=cert,
+                       sysexts=[BUNDLES[1], bundle], outputs=("raw",))  # fmt: skip
+    out = tmp_path / "out"
+    proc = compose(m, out, tmp_path / "cache", check=False)
+    assert proc.returncode == 1
+    assert "error: sysext azure-base" in proc.stderr and "SYSEXT_LEVEL" in proc.stderr
+    assert "write outputs" not in proc.stderr
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cache",
+        "m.yaml",
+        "wrong",
+    ]  # no temp dir left
+
+
+def test_failed_compose_keeps_previous_output(mini_release, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep").write_text("previous release")
+    m = tmp_path / "m.yaml"
+    m.write_text(
+        mini_release["manifest"].read_text().replace("name: acl-test", "name: acl-test\nbogus: 1")
+    )
+    proc = compose(m, out, mini_release["cache"], check=False)
+    assert "bogus: unknown key" in proc.stderr and f"{m}:" in proc.stderr
+    assert (out / "keep").read_text() == "previous release"
+
+
+def test_altered_usr_base_is_refused(release_key, tmp_path):
+    mini = build_mini_flatcar(tmp_path / "base.bin", tmp_path / "work")
+    part = gpt.read(mini.path).by_label("USR-A")
+    flip(mini.path, part.offset + 0x10000 + 3 * 4096 + 5)  # inside the filesystem
+    key, cert = release_key
+    m = write_manifest(
+        tmp_path / "m.yaml", base={"path": mini.path}, key=key, cert=cert, outputs=("raw",)
+    )
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert proc.returncode == 1
+    assert "does not match the root hash in flatcar/vmlinuz-a" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_kernel_without_root_hash_is_refused(release_key, tmp_path):
+    mini = build_mini_flatcar(tmp_path / "base.bin", tmp_path / "work")
+    disk = gpt.read(mini.path)
+    esp = usr.esp(disk)
+    kernel = tmp_path / "vmlinuz-a"
+    kernel.write_bytes(b"\0" * 4096)
+    subprocess.run(["mcopy", "-o", "-i", f"{mini.path}@@{esp.offset}", kernel, "::/flatcar/vmlinuz-a"],  # noqa: E501
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})  # fmt: skip
+    key, cert = release_key
+    m = write_manifest(
+        tmp_path / "m.yaml", base={"path": mini.path}, key=key, cert=cert, outputs=("raw",)
+    )
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert "carries no /usr root hash at byte 64" in proc.stderr
+
+
+# --------------------------------------------------------------------------- testbed
+
+
+@pytest.mark.integration
+def test_testbed_compose_inspect_verify(composed_release):
+    rel = composed_release.release
+    assert [s["name"] for s in rel["sysexts"]] == ["azure-base", "aks-node"]
+    assert rel["base"]["signature_verified"] is True
+    assert any(a["name"] == "flatcar_production_image.bin.bz2" and len(a["sha512"]) == 128
+               for a in rel["base"]["artifacts"])  # fmt: skip
+    r = json.loads(run_cli("--json", "inspect", composed_release.raw, check=True).stdout)
+    assert r["usr"]["verified"] is True
+    assert r["flatcar_version"] == rel["os_release"].get("VERSION")
+    assert {s["name"]: (s["signed"], s["status"]) for s in r["sysexts"]} == {
+        "azure-base": (True, "ok"), "aks-node": (True, "ok")
+    }  # fmt: skip
+    assert r["oem"]["configs"]["base/base.ign"]["sha256"] == rel["ignition"]["sha256"]
+    proc = verify(composed_release.out_dir, composed_release.cert, check=True)
+    assert json.loads(proc.stdout)["ok"] is True
+
+
+@pytest.mark.integration
+def test_testbed_flipped_sysext_byte_fails_verify(composed_release):
+    img = composed_release.raw
+    off = sysext_offset(img, "/opt/extensions/azure-base/azure-base-1.0.0.raw") + 4096
+    flip(img, off)
+    try:
+        proc = verify(composed_release.out_dir, composed_release.cert, check=False)
+    finally:
+        flip(img, off)  # the session fixture is shared: restore it
+    assert (
+        "sysext azure-base (/opt/extensions/azure-base/azure-base-1.0.0.raw): sha256" in proc.stderr
+    )
+    assert f"{img.name}: sha256" in proc.stderr
+
+
+@pytest.mark.integration
+def test_testbed_altered_usr_refused(composed_release, tmp_path):
+    """The testbed base with one byte of /usr changed (as a local image) is refused."""
+    cache = Path(composed_release.out_dir).parent.parent / "compose-cache" / "compose" / "base"
+    cached = next(cache.glob("*/image.bin"))
+    base = tmp_path / "flatcar_production_image.bin"
+    copy_sparse(cached, base)
+    os.chmod(base, 0o644)
+    flip(base, gpt.read(base).by_label("USR-A").offset + 0x10000 + 64 * 4096)
+    m = write_manifest(tmp_path / "m.yaml", base={"path": base}, key=composed_release.key,
+                       cert=composed_release.cert, outputs=("raw",))  # fmt: skip
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert "does not match the root hash" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_kill_leaves_no_output(mini_release, tmp_path):
+    """SIGTERM mid-compose: exit 130, no OUT_DIR and no temporary directory left behind."""
+    import signal
+    import sys
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acl_compose", "--cache-dir", str(tmp_path / "cache"), "compose",
+         str(mini_release["manifest"]), "-o", str(out)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if "decompress the base" in line:  # the work image is being written now
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "error: interrupted" in rest
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # nor in the cache
+
+
+def test_prebuilt_sysext_and_qcow2_only(mini_flatcar, release_key, tmp_path):
+    """A prebuilt signed .raw is placed like a bundle; verify works from a qcow2 alone."""
+    key, cert = release_key
+    run_cli("sysext", "build", BUNDLES[1], "-o", tmp_path / "built", "--key", key, "--cert", cert,
+            check=True)  # fmt: skip
+    prebuilt = tmp_path / "built" / "aks-node.raw"
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini_flatcar.path}, key=key, cert=cert,
+                       sysexts=[prebuilt], outputs=("qcow2",))  # fmt: skip
+    rel = json.loads(compose(m, tmp_path / "out", tmp_path / "cache").stdout)
+    assert [(s["name"], s["version"], s["signed"]) for s in rel["sysexts"]] == [
+        ("aks-node", "1.0.0", True)
+    ]
+    assert [o["file"] for o in rel["outputs"]] == ["acl-test-1.0.0.qcow2"]
+    proc = verify(tmp_path / "out", cert, check=True)
+    assert {c["check"] for c in json.loads(proc.stdout)["checks"]} >= {
+        "sysext aks-node",
+        "/usr verity",
+    }
