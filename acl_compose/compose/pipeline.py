@@ -378,7 +378,7 @@ def _bundle_digest(bundle: Path, signer: str) -> str:
 
 def _build_cached(st: State, src: Path, out: Path, passphrase: bytes | None) -> dict[str, Any]:
     """sysext.build, cached by the bundle's content hash: a warm compose reuses the signed
-    image byte for byte (an ECDSA signature differs on every signing)."""
+    image (the same bytes a cold build makes: signatures are deterministic)."""
     from acl_compose import sysext
 
     sg = st.manifest.signing

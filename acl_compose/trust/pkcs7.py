@@ -1,7 +1,11 @@
-"""A minimal DER reader for PKCS#7/CMS SignedData (RFC 2315 / RFC 5652), enough to verify.
+"""A minimal DER reader and writer for PKCS#7/CMS SignedData (RFC 2315 / RFC 5652).
 
-Only what signature checking needs: the optional embedded content, and per signer the
-issuer+serial (or subject key identifier), digest algorithm, signed attributes and signature.
+Reading takes only what signature checking needs: the optional embedded content, and per
+signer the issuer+serial (or subject key identifier), digest algorithm, signed attributes and
+signature. Writing (`encode_detached`) emits exactly the structure `cryptography`'s
+PKCS7SignatureBuilder makes with DetachedSignature+Binary+NoAttributes, around a signature
+computed elsewhere: that builder cannot sign deterministically, this module does not care how
+the signature was made.
 """
 
 from __future__ import annotations
@@ -207,4 +211,73 @@ def _signer(der: bytes, si_tlv: _TLV) -> Signer:
     )
 
 
-__all__ = ["parse_signed_data", "SignedData", "Signer"]
+# ---------------------------------------------------------------- writing
+
+
+def _len(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _tlv(tag: int, *parts: bytes) -> bytes:
+    body = b"".join(parts)
+    return bytes([tag]) + _len(len(body)) + body
+
+
+def _oid_der(dotted: str) -> bytes:
+    nums = [int(x) for x in dotted.split(".")]
+    body = bytearray([40 * nums[0] + nums[1]])
+    for n in nums[2:]:
+        chunk = [n & 0x7F]
+        while n > 0x7F:
+            n >>= 7
+            chunk.append(0x80 | (n & 0x7F))
+        body += bytes(reversed(chunk))
+    return _tlv(OID, bytes(body))
+
+
+def _int_der(n: int) -> bytes:
+    return _tlv(INTEGER, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _alg(oid: str, null_params: bool) -> bytes:
+    return _tlv(SEQUENCE, _oid_der(oid), b"\x05\x00" if null_params else b"")
+
+
+OID_DATA = "1.2.840.113549.1.7.1"
+
+
+def encode_detached(
+    cert: x509.Certificate,
+    digest_oid: str,
+    signature_oid: str,
+    signature: bytes,
+    signature_null_params: bool,
+) -> bytes:
+    """DER ContentInfo(SignedData) with no embedded content, the signer's certificate and one
+    SignerInfo (issuer+serial, no signed attributes) carrying `signature`."""
+    from cryptography.hazmat.primitives import serialization
+
+    digest_alg = _alg(digest_oid, True)
+    signer_info = _tlv(
+        SEQUENCE,
+        _int_der(1),
+        _tlv(SEQUENCE, cert.issuer.public_bytes(), _int_der(cert.serial_number)),
+        digest_alg,
+        _alg(signature_oid, signature_null_params),
+        _tlv(OCTET_STRING, signature),
+    )
+    signed_data = _tlv(
+        SEQUENCE,
+        _int_der(1),
+        _tlv(SET, digest_alg),
+        _tlv(SEQUENCE, _oid_der(OID_DATA)),
+        _tlv(0xA0, cert.public_bytes(serialization.Encoding.DER)),
+        _tlv(SET, signer_info),
+    )
+    return _tlv(SEQUENCE, _oid_der(OID_SIGNED_DATA), _tlv(0xA0, signed_data))
+
+
+__all__ = ["encode_detached", "parse_signed_data", "SignedData", "Signer"]

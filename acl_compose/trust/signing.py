@@ -9,6 +9,7 @@ signature with the certificate's public key.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -226,7 +227,13 @@ def _root_hash_bytes(root_hash_hex: str) -> bytes:
 
 
 def sign_detached(data: bytes, key: PrivateKey, cert: x509.Certificate) -> bytes:
-    """DER PKCS#7/CMS detached signature over `data` (SHA-256, no signed attributes)."""
+    """DER PKCS#7/CMS detached signature over `data` (SHA-256, no signed attributes).
+
+    Deterministic, so a release rebuilt from the same inputs has the same bytes: RSA
+    PKCS#1 v1.5 is deterministic by design, ECDSA uses RFC 6979 nonces (derived from the key
+    and the message). The DER around the signature is what PKCS7SignatureBuilder writes
+    (tests/trust/test_signing.py compares them byte for byte).
+    """
     if key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != cert.public_key().public_bytes(
@@ -236,11 +243,48 @@ def sign_detached(data: bytes, key: PrivateKey, cert: x509.Certificate) -> bytes
             "the private key does not belong to the certificate",
             hint="pass the release.key and release.crt generated together",
         )
-    return (
-        pkcs7.PKCS7SignatureBuilder()
-        .set_data(data)
-        .add_signer(cert, key, hashes.SHA256())
-        .sign(serialization.Encoding.DER, _SIGN_OPTIONS)
+    from acl_compose.trust import pkcs7 as der
+
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        return der.encode_detached(cert, OID_SHA256, OID_RSA, signature, True)
+    if not deterministic_ecdsa():
+        _warn_random_ecdsa()
+        return (
+            pkcs7.PKCS7SignatureBuilder()
+            .set_data(data)
+            .add_signer(cert, key, hashes.SHA256())
+            .sign(serialization.Encoding.DER, _SIGN_OPTIONS)
+        )
+    signature = key.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+    return der.encode_detached(cert, OID_SHA256, OID_ECDSA_SHA256, signature, False)
+
+
+OID_SHA256 = "2.16.840.1.101.3.4.2.1"
+OID_RSA = "1.2.840.113549.1.1.1"  # rsaEncryption, as OpenSSL's PKCS#7 signer writes it
+OID_ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+
+
+@functools.cache
+def deterministic_ecdsa() -> bool:
+    """Whether this cryptography/OpenSSL pair signs ECDSA with RFC 6979 nonces
+    (cryptography >= 44 built with OpenSSL >= 3.2, as its wheels are)."""
+    try:
+        from cryptography.hazmat.backends.openssl.backend import backend
+
+        return bool(backend.ecdsa_deterministic_supported())
+    except (ImportError, AttributeError):
+        return False
+
+
+@functools.cache
+def _warn_random_ecdsa() -> None:
+    from acl_compose import ui
+
+    ui.warn(
+        "this cryptography/OpenSSL cannot sign ECDSA deterministically (RFC 6979): EC "
+        "signatures differ on every build; install cryptography>=44 or use an RSA key "
+        "(keys generate --rsa) for reproducible releases"
     )
 
 

@@ -486,3 +486,19 @@ def test_check_does_not_follow_image_symlinks_to_host(tmp_path: Path, base: Path
     subprocess.run(["mkfs.erofs", "--quiet", tmp_path / "evil.raw", tree], check=True)
     (res,) = sysext.check([tmp_path / "evil.raw"], base)
     assert not res.ok and "not a system extension" in res.reason
+
+
+def test_ec_signed_ddi_is_reproducible_and_accepted_by_systemd(tmp_path: Path) -> None:
+    """An ECDSA release key (the default) signs deterministically (RFC 6979): two builds with
+    separate caches give identical DDIs, which systemd's userspace check accepts."""
+    key, cert = signing.generate(tmp_path / "ec")
+    runs = [
+        sysext.build(REPO / "sysext" / "azure-base", tmp_path / f"out{i}", key=key, cert=cert,
+                     cache_dir=tmp_path / f"cache{i}")
+        for i in (1, 2)
+    ]  # fmt: skip
+    a, b = (Path(r["path"]).read_bytes() for r in runs)
+    assert a == b and runs[0]["sha256"] == runs[1]["sha256"]
+    assert _dissect(Path(runs[0]["path"]))["mounts"][0]["verity"] == "signed"
+    copied, log = _dissect_with_verity_d(Path(runs[0]["path"]), cert, "azure-base")
+    assert copied or "Userspace PKCS#7 validation succeeded" in log, log

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -98,6 +99,82 @@ def test_signature_is_the_systemd_format(ec_pair) -> None:
     assert parsed.content is None and len(parsed.signers) == 1
     assert parsed.signers[0].signed_attrs is None
     assert parsed.certificates == [cert.public_bytes(serialization.Encoding.DER)]
+
+
+@pytest.mark.parametrize("pair", ["ec_pair", "rsa_pair"])
+def test_signatures_are_deterministic_and_builder_shaped(
+    request, pair: str, tmp_path: Path
+) -> None:
+    """Same data, same key -> same bytes (releases rebuild byte for byte), in the DER shape
+    cryptography's PKCS7SignatureBuilder writes, accepted by openssl cms."""
+    key_file, cert_file = request.getfixturevalue(pair)
+    key = signing.load_key(key_file, b"s3cret pass" if pair == "rsa_pair" else None)
+    cert = signing.load_cert(cert_file)
+    data = b'{"release": 1}\n'
+    a, b = signing.sign_detached(data, key, cert), signing.sign_detached(data, key, cert)
+    assert a == b
+    assert signing.sign_detached(data + b" ", key, cert) != a
+    ref = (
+        pkcs7.PKCS7SignatureBuilder()
+        .set_data(data)
+        .add_signer(cert, key, hashes.SHA256())
+        .sign(serialization.Encoding.DER, signing._SIGN_OPTIONS)
+    )
+    if pair == "rsa_pair":  # PKCS#1 v1.5 is deterministic on both sides: identical bytes
+        assert a == ref
+    else:  # same structure, only the (randomized vs RFC 6979) signature value differs
+
+        def shape(der: bytes) -> list[str]:
+            """asn1parse's tree: depth, kind and value per node, without offsets, lengths
+            and hex dumps (the signature value)."""
+            out = subprocess.run(
+                [require("openssl"), "asn1parse", "-inform", "DER", "-i"],
+                input=der,
+                capture_output=True,
+                check=True,
+            ).stdout.decode()
+            return [re.sub(r"^\s*\d+:(d=\d+)\s+hl=\d+\s+l=\s*\d+", r"\1", ln).split("[HEX")[0]
+                    for ln in out.splitlines()]  # fmt: skip
+
+        assert shape(a) == shape(ref)
+        assert a != ref
+    (tmp_path / "d").write_bytes(data)
+    (tmp_path / "d.p7s").write_bytes(a)
+    proc = openssl_verify("cms", tmp_path / "d.p7s", tmp_path / "d", cert_file)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_ecdsa_nonce_is_rfc6979() -> None:
+    """RFC 6979 appendix A.2.5 (P-256, SHA-256, message "sample"): the published (r, s)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    assert signing.deterministic_ecdsa()
+    x = 0xC9AFA9D845BA75166B5C215767B1D6934E50C3DB36E89B127B8A622B120F6721
+    key = ec.derive_private_key(x, ec.SECP256R1())
+    cert = _self_signed(key)
+    cms = signing.sign_detached(b"sample", key, cert)  # the code path releases are signed by
+    (signer,) = __import__("acl_compose.trust.pkcs7", fromlist=["x"]).parse_signed_data(cms).signers
+    assert decode_dss_signature(signer.signature) == (
+        0xEFD48B2AACB6A8FD1140DD9CD45E81D69D2C877B56AAF991C34D0EA84EAF3716,
+        0xF7CB1C942D657C41D436C7A1B6E29F65F3E900DBB9AFF4064DC4AB2F843ACDA8,
+    )
+
+
+def _self_signed(key):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rfc6979")])
+    t = datetime.datetime(2020, 1, 1)
+    return (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(t).not_valid_after(t + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
 
 
 def test_detached_over_arbitrary_data_and_signed_attributes(ec_pair, tmp_path: Path) -> None:
