@@ -35,7 +35,7 @@ ENV_FAILED_UNITS = "ACL_COMPOSE_FAILED_UNITS"
 
 def default_suite_dir() -> Path:
     """The repository's `qemu-tests/` (beside the package in a source checkout)."""
-    return Path(__file__).resolve().parents[1] / "qemu-tests"
+    return Path(__file__).resolve().parents[2] / "qemu-tests"
 
 
 @dataclass

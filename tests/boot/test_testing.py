@@ -32,6 +32,12 @@ skipped="0" tests="2"><testcase classname="test_y" name="test_four"/>
 <testcase classname="test_y" name="test_five"><error message="x"/></testcase></testsuite>"""
 
 
+def test_default_suites_are_the_repositorys_qemu_tests() -> None:
+    # Found relative to the package: moving modules must not lose the suites.
+    assert testing.default_suite_dir() == QEMU_TESTS
+    assert (QEMU_TESTS / "conftest.py").is_file()
+
+
 def test_read_and_merge_junit(tmp_path: Path) -> None:
     a, b = tmp_path / "a.xml", tmp_path / "b.xml"
     a.write_text(JUNIT_A)
