@@ -6,16 +6,31 @@ unnoticed). Parsing uses yaml.SafeLoader's constructors, so only plain Python ty
 back; on top of safe_load, duplicate keys and non-string keys are refused (safe_load would
 silently keep the last duplicate). Positions are 1-based (line, col), keyed by path:
 `("storage", "files", 0, "mode")`.
+
+Every YAML input (manifest, sysext.yaml, Ignition YAML, matrix files) is read here and only
+here (tests/test_yamlpos.py checks that no other module calls yaml's loaders), so one set of
+limits holds for all of them: document size, scalar size, nesting depth and node count, with
+aliases counted as the nodes they expand to. They are checked while the document is composed,
+before anything is built, so an alias bomb or a 10,000-level nesting stops at the first event
+over a limit, as a LimitError located there.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 Path = tuple[str | int, ...]
+
+# Far above what a hand-written config needs (the product's largest is ~200 nodes, depth 7),
+# low enough that the pure-Python parser refuses anything over them in a fraction of a second.
+MAX_BYTES = 512 << 10  # the whole document
+MAX_SCALAR = 256 << 10  # one scalar (Ignition inline contents); bigger files go by `local:`
+MAX_DEPTH = 64  # nesting, aliases expanded
+MAX_NODES = 20_000  # nodes the data will hold, aliases expanded
 
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
@@ -24,6 +39,19 @@ _MERGE = "tag:yaml.org,2002:merge"
 
 class BadKeyError(yaml.constructor.ConstructorError):
     """A duplicate or non-string key; `.problem` says which, `.problem_mark` where."""
+
+
+class LimitError(yaml.MarkedYAMLError):
+    """A document over one of the limits above; `.problem` says which, `.problem_mark` where."""
+
+    hint = (
+        f"YAML inputs are limited to {MAX_BYTES >> 10} KiB, scalars of {MAX_SCALAR >> 10} KiB, "
+        f"{MAX_DEPTH} levels and {MAX_NODES} nodes (aliases expanded); split the file, "
+        "or put large contents in a file (Ignition: contents.local)"
+    )
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
 
 
 @dataclass
@@ -50,9 +78,29 @@ class Located:
         return self.raws.get(path)
 
 
+def read(path: str | os.PathLike[str]) -> str:
+    """A YAML file's text, reading no further than MAX_BYTES (a 100 MB file costs nothing).
+    OSError as open() raises it; a located yaml.MarkedYAMLError if too large or not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise LimitError(
+            f"document larger than {MAX_BYTES} bytes", _mark_at(data, MAX_BYTES, str(path))
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise yaml.MarkedYAMLError(
+            problem=f"not UTF-8 text (byte {data[e.start]:#04x})",
+            problem_mark=_mark_at(data, e.start, str(path)),
+        ) from None
+
+
 def load(text: str) -> Located:
     """Parse one YAML document (None if empty). yaml.YAMLError on bad YAML, BadKeyError
-    (one of those) on duplicate or non-string keys."""
+    (one of those) on duplicate or non-string keys, LimitError (one too) over a limit."""
+    if len(text) > MAX_BYTES:
+        raise LimitError(f"document larger than {MAX_BYTES} characters", _mark_at(text, MAX_BYTES))
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -63,8 +111,26 @@ def load(text: str) -> Located:
         loader.dispose()
 
 
+def describe(error: yaml.YAMLError, filename: str | os.PathLike[str]) -> str:
+    """`file:line:col: problem` for any error `read` or `load` raises."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else str(filename)
+    if isinstance(error, LimitError | BadKeyError):
+        return f"{where}: {error.problem}"
+    if isinstance(error, yaml.MarkedYAMLError):
+        return f"{where}: invalid YAML: {error.problem or error.context}"
+    return f"{where}: invalid YAML: {error}"
+
+
 def _pos(mark: yaml.Mark) -> tuple[int, int]:
     return mark.line + 1, mark.column + 1
+
+
+def _mark_at(text: str | bytes, offset: int, name: str = "<unicode string>") -> yaml.Mark:
+    nl = "\n" if isinstance(text, str) else b"\n"
+    line = text.count(nl, 0, offset)  # type: ignore[arg-type]
+    column = offset - (text.rfind(nl, 0, offset) + 1)  # type: ignore[arg-type]
+    return yaml.Mark(name, offset, line, column, None, None)
 
 
 class _Loader(yaml.SafeLoader):
@@ -75,6 +141,45 @@ class _Loader(yaml.SafeLoader):
         self.located = Located(None)
         self.flattened: set[yaml.Node] = set()
         self.building: set[yaml.Node] = set()
+        self.nodes = 0  # composed so far, aliases counted as what they expand to
+        self.heights: list[int] = []  # per open node: the tallest child composed so far
+        self.shapes: dict[yaml.Node, tuple[int, int]] = {}  # anchored node -> (nodes, height)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        """Composer.compose_node, with the limits checked at each event before it is used.
+        Composing recurses per level, so depth is checked before the recursion can go deep."""
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)
+            # Not yet in shapes: an alias inside its own anchor, which build() refuses.
+            size, height = self.shapes.get(node, (1, 1))
+            self._count(size, event.start_mark, "aliases expand the document to more than")
+            self._fit(len(self.heights) + height, event.start_mark, "aliases nest the document")
+            if self.heights:
+                self.heights[-1] = max(self.heights[-1], height)
+            return node
+        self._fit(len(self.heights) + 1, event.start_mark, "document nested")
+        if isinstance(event, yaml.ScalarEvent) and len(event.value) > MAX_SCALAR:
+            raise LimitError(f"scalar longer than {MAX_SCALAR} characters", event.start_mark)
+        before = self.nodes
+        self._count(1, event.start_mark, "document has more than")
+        self.heights.append(0)
+        node = super().compose_node(parent, index)
+        height = self.heights.pop() + 1
+        if self.heights:
+            self.heights[-1] = max(self.heights[-1], height)
+        if event.anchor is not None:
+            self.shapes[node] = (self.nodes - before, height)
+        return node
+
+    def _count(self, n: int, mark: yaml.Mark, what: str) -> None:
+        self.nodes += n
+        if self.nodes > MAX_NODES:
+            raise LimitError(f"{what} {MAX_NODES} nodes", mark)
+
+    def _fit(self, depth: int, mark: yaml.Mark, what: str) -> None:
+        if depth > MAX_DEPTH:
+            raise LimitError(f"{what} deeper than {MAX_DEPTH} levels", mark)
 
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.located.starts[path] = _pos(node.start_mark)

@@ -1,5 +1,8 @@
 """yamlpos: safe_load's data plus the position of every key and item, bad keys refused."""
 
+import os
+import time
+
 import pytest
 import yaml
 
@@ -107,3 +110,217 @@ def test_empty_document_and_scalar_root():
     assert yamlpos.load("# only a comment\n").data is None
     loc = yamlpos.load("--- 017\n")
     assert loc.data == 15 and loc.raw(()) == "017"
+
+
+# --- limits: every YAML input is bounded here, refusals located at the event over the limit ---
+
+
+def bomb(levels: int = 9) -> str:
+    """The billion-laughs document: `levels` anchors of 9 aliases each, 9**levels leaves."""
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    prev = "a"
+    for name in "bcdefghijklmnop"[: levels - 1]:
+        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+        prev = name
+    return "\n".join(lines) + "\n"
+
+
+def refused(text: str) -> tuple[str, tuple[int, int]]:
+    with pytest.raises(yamlpos.LimitError) as exc:
+        yamlpos.load(text)
+    assert isinstance(exc.value, yaml.MarkedYAMLError)  # callers' YAML error handling catches it
+    mark = exc.value.problem_mark
+    return exc.value.problem, (mark.line + 1, mark.column + 1)
+
+
+def test_alias_bomb_refused_at_the_alias_that_crosses_the_node_budget():
+    problem, where = refused(bomb(9))
+    assert problem == f"aliases expand the document to more than {yamlpos.MAX_NODES} nodes"
+    # Through line 4: 8307 nodes (d expands to 7381); line 5's second *d crosses 20000.
+    assert where == (5, 12)
+
+
+def test_aliases_within_the_budget_expand_as_safe_load():
+    text = bomb(4)  # 9**4 = 6561 leaves
+    assert yamlpos.load(text).data == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        ("x: " + "[" * 10_000 + "]" * 10_000 + "\n", (1, 4 + yamlpos.MAX_DEPTH - 1)),
+        ("- " * 10_000 + "a\n", (1, 2 * yamlpos.MAX_DEPTH + 1)),
+        ("".join("  " * i + f"k{i}:\n" for i in range(100)), (yamlpos.MAX_DEPTH, 127)),
+    ],
+    ids=["flow", "block-sequence", "block-mapping"],
+)
+def test_deep_nesting_refused_before_composing_recurses(text, where):
+    problem, at = refused(text)
+    assert problem == f"document nested deeper than {yamlpos.MAX_DEPTH} levels"
+    assert at == where
+
+
+def test_depth_counts_what_aliases_expand_to():
+    # Each anchor nests the previous one a level deeper: shallow as written, deep as data.
+    deep = "[" * 40 + "]" * 40
+    text = f"a0: &a0 {deep}\n" + "".join(f"a{i}: &a{i} [[*a{i - 1}]]\n" for i in range(1, 20))
+    problem, where = refused(text)
+    assert problem == f"aliases nest the document deeper than {yamlpos.MAX_DEPTH} levels"
+    # a_i is 40 + 2i levels tall; *a11 sits 3 levels down in a12 (line 13): 3 + 62 > 64.
+    assert where == (13, 13)
+    # A long chain of merge keys nests the same way (and SafeConstructor recurses along it).
+    chain = "m0: &m0 {a: 0}\n" + "".join(
+        f"m{i}: &m{i} {{<<: *m{i - 1}, a: {i}}}\n" for i in range(1, 5000)
+    )
+    problem, _ = refused(chain)
+    assert "deeper than" in problem
+
+
+def test_node_count_bounded_without_aliases():
+    text = "x: [" + ", ".join(["1"] * (yamlpos.MAX_NODES + 10)) + "]\n"
+    problem, (line, _) = refused(text)
+    assert problem == f"document has more than {yamlpos.MAX_NODES} nodes"
+    assert line == 1
+
+
+def test_scalar_size_bounded_and_document_size_bounded():
+    text = "a: 1\nb: " + "x" * (yamlpos.MAX_SCALAR + 1) + "\n"
+    assert refused(text) == (f"scalar longer than {yamlpos.MAX_SCALAR} characters", (2, 4))
+    ok = "b: " + "x" * yamlpos.MAX_SCALAR + "\n"
+    assert len(yamlpos.load(ok).data["b"]) == yamlpos.MAX_SCALAR
+    lines = "k: v\n" * (yamlpos.MAX_BYTES // 5) + "tail: here\n"
+    problem, where = refused(lines)
+    assert problem == f"document larger than {yamlpos.MAX_BYTES} characters"
+    assert where == (yamlpos.MAX_BYTES // 5 + 1, 1 + yamlpos.MAX_BYTES % 5)
+
+
+def test_read_stops_at_the_size_limit_and_locates_bad_utf8(tmp_path):
+    big = tmp_path / "big.yaml"
+    with open(big, "wb") as f:  # 100 MB, sparse: only read() as far as the limit is paid for
+        f.write(b"x: ")
+        f.truncate(100 << 20)
+    with pytest.raises(yamlpos.LimitError) as exc:
+        yamlpos.read(big)
+    msg = yamlpos.describe(exc.value, "big.yaml")
+    assert (
+        msg == f"big.yaml:1:{yamlpos.MAX_BYTES + 1}: document larger than {yamlpos.MAX_BYTES} bytes"
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(yaml.MarkedYAMLError) as exc2:
+        yamlpos.read(bad)
+    assert yamlpos.describe(exc2.value, "bad.yaml") == (
+        "bad.yaml:2:7: invalid YAML: not UTF-8 text (byte 0xe9)"
+    )
+    good = tmp_path / "good.yaml"
+    good.write_text("a: é\n")
+    assert yamlpos.load(yamlpos.read(good)).data == {"a": "é"}
+
+
+def test_describe_locates_every_kind_of_error():
+    cases = {
+        "a: [1,\n": "f.yaml:2:1: invalid YAML: expected the node content",
+        "a: 1\na: 2\n": "f.yaml:2:1: duplicate key 'a'",
+        "a: *nowhere\n": "f.yaml:1:4: invalid YAML: found undefined alias 'nowhere'",
+        bomb(): "f.yaml:5:12: aliases expand the document",
+    }
+    for text, want in cases.items():
+        with pytest.raises(yaml.YAMLError) as exc:
+            yamlpos.load(text)
+        assert yamlpos.describe(exc.value, "f.yaml").startswith(want)
+
+
+# Every module reads YAML through yamlpos, so the limits above cover every YAML input.
+_LOADERS = {
+    "load", "safe_load", "full_load", "unsafe_load", "load_all", "safe_load_all",
+    "full_load_all", "unsafe_load_all", "compose", "compose_all", "parse", "scan",
+    "Loader", "SafeLoader", "FullLoader", "UnsafeLoader", "BaseLoader",
+    "CLoader", "CSafeLoader", "CFullLoader", "CUnsafeLoader", "CBaseLoader",
+}  # fmt: skip
+
+
+def test_no_module_reads_yaml_except_through_yamlpos():
+    import ast
+
+    from tests.conftest import REPO
+
+    offenders = []
+    for path in sorted((REPO / "acl_compose").rglob("*.py")):
+        if path.name == "yamlpos.py" and path.parent.name == "acl_compose":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        aliases = {"yaml"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                aliases |= {a.asname or a.name for a in node.names if a.name == "yaml"}
+        for node in ast.walk(tree):
+            rel = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "yaml":
+                offenders += [f"{rel}: from {node.module} import {a.name}" for a in node.names]
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr in _LOADERS
+            ):
+                offenders.append(f"{rel}: {node.value.id}.{node.attr}")
+    assert not offenders, "read YAML with acl_compose.yamlpos (read + load):\n" + "\n".join(
+        offenders
+    )
+
+
+# --- the same refusals through the real CLI, for every YAML input -----------------------------
+
+HOSTILE = {
+    "alias-bomb": (bomb(9), "5:12", "aliases expand the document to more than"),
+    "deep-10000": ("x: " + "[" * 10_000 + "]" * 10_000 + "\n", "1:67", "document nested deeper"),
+    "scalar-100MB": (None, f"1:{yamlpos.MAX_BYTES + 1}", "document larger than"),
+}
+
+
+@pytest.fixture(scope="module")
+def scalar_100mb(tmp_path_factory):
+    path = tmp_path_factory.mktemp("big") / "big.yaml"
+    with open(path, "wb") as f:
+        f.write(b"x: ")
+        chunk = b"a" * (1 << 20)
+        for _ in range(100):
+            f.write(chunk)
+        f.write(b"\n")
+    return path
+
+
+def _place(doc: str | None, big, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if doc is None:
+        os.link(big, dest)  # the same 100 MB file, written once
+    else:
+        dest.write_text(doc)
+    return dest
+
+
+INPUTS = {
+    "ignition-render": ("cfg.yaml", lambda p, t: ("ignition", "render", p)),
+    "ignition-validate": ("cfg.yaml", lambda p, t: ("ignition", "validate", p)),
+    "manifest": ("manifest.yaml", lambda p, t: ("compose", p, "-o", t / "out")),
+    "sysext.yaml": ("b/sysext.yaml", lambda p, t: ("sysext", "build", p.parent, "-o", t / "out")),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("doc", sorted(HOSTILE))
+@pytest.mark.parametrize("kind", sorted(INPUTS))
+def test_hostile_yaml_ends_fast_with_a_located_error(cli, tmp_path, scalar_100mb, kind, doc):
+    text, where, problem = HOSTILE[doc]
+    name, argv = INPUTS[kind]
+    work = tmp_path.resolve()
+    path = _place(text, scalar_100mb, work / name)
+    start = time.monotonic()
+    proc = cli(*argv(path, work), check=False, timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith(("error:", "hint:"))]
+    assert len(errors) == 2, proc.stderr  # one located error, one hint, nothing else
+    assert errors[0].startswith(f"error: {path}:{where}: {problem}"), proc.stderr
+    assert errors[1].startswith("hint: YAML inputs are limited to"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (work / "out").exists()
+    print(f"{kind} {doc}: {elapsed:.2f}s")  # process start included; see bench_yamlpos.py

@@ -82,7 +82,7 @@ def render_cmd(
     app.emit(result, f"wrote {output} (Ignition {result['version']}, {result['size']} bytes)")
 
 
-def _validate_one(path: Path, files_dir: Path | None) -> dict[str, Any]:
+def _validate_one(path: Path, files_dir: Path | None, hints: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {
         "path": str(path),
         "valid": False,
@@ -95,6 +95,7 @@ def _validate_one(path: Path, files_dir: Path | None) -> dict[str, Any]:
         config = ignition.load(path, files_dir, result["warnings"])
     except IgnitionError as e:
         result["errors"] = e.errors
+        hints.append(e.hint)
         return result
     result["version"] = config["ignition"]["version"]
     if ignition.is_json(path, path.read_text()):
@@ -129,14 +130,15 @@ def _verdict_text(r: dict[str, Any]) -> str:
 @pass_app
 def validate_cmd(app: App, files: tuple[Path, ...], files_dir: Path | None) -> None:
     """Validate Ignition JSON (or Butane-style YAML) FILES; runs ignition-validate too."""
-    results = [_validate_one(f, files_dir) for f in files]
+    hints: list[str] = []
+    results = [_validate_one(f, files_dir, hints) for f in files]
     for r in results:
         for w in r["warnings"]:
             warn(w)
     app.emit(results, [_verdict_text(r) for r in results if r["version"]])
     errors = [e for r in results for e in r["errors"]]
     if errors:
-        _fail(errors)
+        _fail(errors, hints[-1] if hints else None)
 
 
 @ignition_group.command("merge", short_help="Merge configs with Ignition's rules.")

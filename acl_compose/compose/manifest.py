@@ -164,20 +164,14 @@ def load_manifest(
     """
     path = Path(path).resolve()
     try:
-        text = path.read_text()
+        loc = yamlpos.load(yamlpos.read(path))
     except OSError as e:
         raise InputError(
             f"{path}: cannot read manifest: {e.strerror}", hint="check the path"
         ) from e
-    try:
-        loc = yamlpos.load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else 0
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise InputError(
-            f"{path}:{line}: invalid YAML: {problem}", hint="fix the YAML syntax"
-        ) from e
+        hint = getattr(e, "hint", "fix the YAML syntax")
+        raise InputError(yamlpos.describe(e, path), hint=hint) from e
     ctx = _Ctx(path, loc)
     doc = loc.data
     if doc is None:

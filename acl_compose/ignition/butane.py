@@ -99,15 +99,8 @@ def load_yaml(text: str, filename: str) -> tuple[yamlpos.Located, Locator]:
     """Parse YAML; returns it with its positions, and a locator for error messages."""
     try:
         located = yamlpos.load(text)
-    except yamlpos.BadKeyError as e:
-        line, col = e.problem_mark.line + 1, e.problem_mark.column + 1
-        raise IgnitionError([f"{filename}:{line}:{col}: {e.problem}"]) from None
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{filename}:{mark.line + 1}:{mark.column + 1}" if mark else filename
-        raise IgnitionError([f"{where}: invalid YAML: {e.problem or e.context}"]) from None
     except yaml.YAMLError as e:
-        raise IgnitionError([f"{filename}: invalid YAML: {e}"]) from None
+        raise IgnitionError([yamlpos.describe(e, filename)], getattr(e, "hint", None)) from None
     return located, Locator(filename, {(): (1, 1), **located.positions}, origin={})
 
 
@@ -414,12 +407,18 @@ def _display(path: str | os.PathLike[str]) -> str:
 
 
 def _read(path: str | os.PathLike[str]) -> str:
+    """The text of a config; YAML (by its suffix) only as far as yamlpos's size limit."""
     try:
+        if Path(path).suffix.lower() in (".yaml", ".yml"):
+            return yamlpos.read(path)
         return Path(path).read_text()
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}", hint="check the path") from None
     except UnicodeDecodeError:
         raise InputError(f"{path} is not UTF-8 text", hint="pass a YAML or JSON file") from None
+    except yaml.YAMLError as e:
+        hint = getattr(e, "hint", None)
+        raise IgnitionError([yamlpos.describe(e, _display(path))], hint) from None
 
 
 def render(

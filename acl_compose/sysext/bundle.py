@@ -129,13 +129,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             f"{manifest} not found", hint="a bundle is a directory with sysext.yaml and files/"
         )
     try:
-        loc = yamlpos.load(manifest.read_text(encoding="utf-8"))
-    except yamlpos.BadKeyError as e:
-        raise InputError(f"{manifest}: line {e.problem_mark.line + 1}: {e.problem}") from e
+        loc = yamlpos.load(yamlpos.read(manifest))
+    except OSError as e:
+        raise InputError(f"{manifest}: cannot read: {e.strerror}") from e
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise InputError(f"{manifest}{line}: invalid YAML: {getattr(e, 'problem', e)}") from e
+        raise InputError(yamlpos.describe(e, manifest), getattr(e, "hint", None)) from e
     data = loc.data
     if not isinstance(data, dict):
         raise _err(f"{manifest}:1", "expected a mapping of bundle fields")
