@@ -23,6 +23,7 @@ LAZY_COMMANDS = {
     "verify": "compose",
     "boot": "boot",
     "test": "boot",
+    "sbom": "provenance",
 }
 
 

@@ -29,10 +29,13 @@ from typing import Any
 
 from acl_compose import __version__, ui, util
 from acl_compose.compose.manifest import Manifest
-from acl_compose.errors import InputError, VerificationError
+from acl_compose.errors import FetchError, InputError, VerificationError
 from acl_compose.image import fs, gpt, outputs, sparse, usr
 
 IMAGE_NAME = "flatcar_production_image.bin"
+# The release's package list and file listing: fetched and verified for the SBOM.
+PACKAGES_TXT = "flatcar_production_image_packages.txt"
+CONTENTS_TXT = "flatcar_production_image_contents.txt"
 BASE_IGN = "base/base.ign"
 EXTENSIONS_DIR = "/opt/extensions"
 ETC_EXTENSIONS = "/etc/extensions"
@@ -67,6 +70,7 @@ class State:
     sysexts: list[dict[str, Any]] = field(default_factory=list)
     ignition: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    sbom: dict[str, Any] = field(default_factory=dict)  # sbom.build's extras
 
 
 def compose(
@@ -166,6 +170,11 @@ def fetch_base(st: State) -> None:
     with ui.step("fetch and verify the base release"):
         if base.path is not None:
             st.base_file, st.base = _local_base(base.path)
+            st.base["source"] = _rel(st, st.base_file)  # as the manifest names it, not /home/…
+            for key, name in (("base_packages", PACKAGES_TXT), ("base_contents", CONTENTS_TXT)):
+                f = st.base_file.parent / name  # an SDK output directory has them (unsigned)
+                if f.is_file():
+                    st.sbom[key] = f.read_text(errors="replace")
             ui.warn(f"base {base.path} is a local image: no release signature to check")
         else:
             st.base_file, st.base = _remote_base(st)
@@ -205,17 +214,26 @@ def _remote_base(st: State) -> tuple[Path, dict[str, Any]]:
     from acl_compose import fetch
 
     b = st.manifest.base
-    result = fetch.fetch_release(
-        cache_dir=st.cache_dir,
-        channel=b.channel,
-        release=b.release,
-        board=b.board,
-        base_url=b.base_url,
-        keyring=b.keyring,
-        trusted_key=b.trusted_key,
-        offline=b.offline,
-    )
+    image, listings = IMAGE_NAME + ".bz2", [PACKAGES_TXT, CONTENTS_TXT]
+
+    def get(names: list[str]) -> Any:
+        return fetch.fetch_release(
+            cache_dir=st.cache_dir, channel=b.channel, release=b.release, board=b.board,
+            base_url=b.base_url, keyring=b.keyring, trusted_key=b.trusted_key,
+            offline=b.offline, artifacts=names,
+        )  # fmt: skip
+
+    try:
+        result = get([image, *listings])
+    except FetchError as e:  # a mirror without the listings: compose, with a thinner SBOM
+        if not any(n in e.message for n in listings):
+            raise
+        ui.warn(f"{e.message}: the SBOM will not list the base's packages")
+        result = get([image])
     arts = {a.name: a for a in result.artifacts}
+    for key, name in (("base_packages", PACKAGES_TXT), ("base_contents", CONTENTS_TXT)):
+        if name in arts:
+            st.sbom[key] = arts[name].path.read_text(errors="replace")
     img = arts.get(IMAGE_NAME + ".bz2")
     if img is None:
         raise InputError(f"{result.url}: the release has no {IMAGE_NAME}.bz2")
@@ -366,6 +384,19 @@ def build_sysexts(st: State) -> None:
                 if s.get(k) is None and details.get(k) is not None:
                     s[k] = details[k]
             ui.info(f"{s['name']} {s.get('version')}: ok")
+        for s in st.sysexts:
+            if not s.get("contents"):  # a prebuilt image (or an older cache entry): read it
+                src = Path(s["source"])
+                origin = {"kind": "prebuilt" if src.is_file() else "image",
+                          "image": _rel(st, src), "sha256": s["sha256"]}  # fmt: skip
+                s["contents"] = sysext.image_contents(s["path"], origin)
+        st.sbom["sysext_contents"] = {s["name"]: s.pop("contents") for s in st.sysexts}
+        st.sbom["sysext_sources"] = {s["name"]: _rel(st, Path(s["source"])) for s in st.sysexts}
+
+
+def _rel(st: State, path: Path) -> str:
+    """A path as the manifest names it (relative to its folder): the same on every machine."""
+    return os.path.relpath(path, st.manifest.path.parent)
 
 
 def _bundle_digest(bundle: Path, signer: str) -> str:
@@ -458,9 +489,14 @@ def bake_ignition(st: State) -> None:
         st.ignition = {
             "path": f"OEM:/{BASE_IGN}",
             "sha256": hashlib.sha256(text).hexdigest(),
-            "sources": [os.path.relpath(p, st.manifest.path.parent) for p in st.manifest.ignition],
+            "sources": [_rel(st, p) for p in st.manifest.ignition],
             "version": merged.get("ignition", {}).get("version"),
         }
+        st.sbom["ignition_sources"] = [
+            {"path": _rel(st, p), "sha1": hashlib.sha1(p.read_bytes()).hexdigest(),
+             "sha256": util.sha256_file(p)}
+            for p in st.manifest.ignition
+        ]  # fmt: skip
         ui.info(f"{len(text)} bytes, sha256 {st.ignition['sha256'][:16]}…")
 
 
@@ -534,7 +570,19 @@ def write_release(st: State) -> dict[str, Any]:
                 for o in st.outputs
             ],
         }
+        release["sbom"] = _write_sbom(st, release)
         data = (json.dumps(release, indent=2, sort_keys=True) + "\n").encode()
         util.atomic_write(st.out / "release.json", data)
         util.atomic_write(st.out / "release.json.p7s", signing.sign_detached(data, st.key, st.cert))
         return release
+
+
+def _write_sbom(st: State, release: dict[str, Any]) -> dict[str, Any]:
+    """`<stem>.spdx.json`, listed in release.json (so the release signature covers it)."""
+    from acl_compose.compose import sbom
+
+    data = sbom.dumps(sbom.build(release, st.sbom))
+    name = f"{st.manifest.stem}.spdx.json"
+    util.atomic_write(st.out / name, data)
+    ui.info(f"SBOM {name} ({sbom.SPDX_VERSION})")
+    return {"file": name, "format": sbom.SPDX_VERSION, "sha256": hashlib.sha256(data).hexdigest()}

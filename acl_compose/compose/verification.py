@@ -6,7 +6,8 @@ Checks, in order, and keeps going so the report names everything that broke:
 3. in the disk image: each sysext listed is present in ROOT with the recorded sha256, and
    `sysext.check` accepts its verity tree and signature against the base os-release and the cert;
 4. the baked Ignition config has the recorded sha256;
-5. /usr: the kernel's root hash equals release.json's and the recomputed tree matches it.
+5. /usr: the kernel's root hash equals release.json's and the recomputed tree matches it;
+6. the SBOM listed in release.json has the recorded sha256 and names the same outputs.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def verify_release(out_dir: str | os.PathLike[str], cert_path: str | os.PathLike
         parts = list(pool.map(lambda o: _check_output(Report(), out, o), outputs))
     for part in parts:
         rep.checks.extend(part.checks)
+    _check_sbom(rep, out, release)
     disk_file = _pick_disk(out, outputs)
     if disk_file is None:
         rep.add("disk image", False, "no output image to check sysexts and /usr in")
@@ -241,6 +243,18 @@ def _check_ignition(
         )
     else:
         rep.add("ignition", True, f"sha256 {cfg['sha256']}")
+
+
+def _check_sbom(rep: Report, out: Path, release: dict[str, Any]) -> None:
+    from acl_compose.compose.sbom import read_release_sbom
+
+    if "sbom" not in release:
+        return
+    try:
+        read_release_sbom(out, release)
+        rep.add("sbom", True, f"{release['sbom'].get('file')} sha256 {release['sbom']['sha256']}")
+    except AclComposeError as e:
+        rep.add("sbom", False, e.message)
 
 
 def raise_on_failure(rep: Report) -> None:

@@ -32,11 +32,12 @@ from acl_compose.sysext.bundle import (
     input_digest,
     load_bundle,
 )
+from acl_compose.sysext.contents import origin_resolver, record_tree
 from acl_compose.sysext.policy import enforce
 from acl_compose.trust import verity
 from acl_compose.util import atomic_file, default_cache_dir, sha256_file
 
-CACHE_FORMAT = 1  # bump when the image layout changes, to invalidate cached builds
+CACHE_FORMAT = 2  # bump when the image layout changes, to invalidate cached builds
 
 
 # ---------------------------------------------------------------- filesystem makers
@@ -94,6 +95,7 @@ class _Built:
 
     directory: Path
     root_hash: str
+    contents: list[dict[str, Any]]
 
     @property
     def fs(self) -> Path:
@@ -141,7 +143,7 @@ def _build_unsigned(bundle: Bundle, cache_dir: Path | None, scratch: Path) -> _B
             meta = json.loads((final / "meta.json").read_text())
             # Verify before use: what gets signed must be what was built.
             verity.verify(final / "fs.img", final / "verity.img", meta["root_hash"])
-            return _Built(final, meta["root_hash"])
+            return _Built(final, meta["root_hash"], meta["contents"])
         except (OSError, ValueError, KeyError, AclComposeError) as e:
             ui.warn(f"discarding corrupt sysext cache entry {final}: {e}")
             shutil.rmtree(final, ignore_errors=True)
@@ -156,6 +158,8 @@ def _build_unsigned(bundle: Bundle, cache_dir: Path | None, scratch: Path) -> _B
         origin=origin,
         label=str(bundle.manifest),
     )
+    # What goes in, file by file with its origin, for the SBOM (sysext.contents).
+    contents = record_tree(tree, origin_resolver(bundle, origin))
     make_filesystem(bundle, tree, work / "fs.img", digest)
     shutil.rmtree(tree)
     # Salt and verity UUID derive from the inputs: same bundle, same hash tree, same bytes.
@@ -163,16 +167,17 @@ def _build_unsigned(bundle: Bundle, cache_dir: Path | None, scratch: Path) -> _B
     result = verity.create(
         work / "fs.img", work / "verity.img", salt=salt, uuid=derived_uuid(digest, "verity")
     )
-    meta = {"root_hash": result.root_hash, "digest": digest, "verity": result.to_json()}
+    meta = {"root_hash": result.root_hash, "digest": digest, "verity": result.to_json(),
+            "contents": contents}  # fmt: skip
     (work / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     if final is None:
-        return _Built(work, result.root_hash)
+        return _Built(work, result.root_hash, contents)
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(work, final)
     except OSError:  # another build won the race; use its identical result
         shutil.rmtree(work, ignore_errors=True)
-    return _Built(final, result.root_hash)
+    return _Built(final, result.root_hash, contents)
 
 
 class _MemoView(dict):
@@ -219,7 +224,8 @@ def build(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Build `<out_dir>/<name>.raw` from a bundle; returns name, version, path, sha256,
-    root_hash, signed, certificate_fingerprint (and format, side files for raw)."""
+    root_hash, signed, certificate_fingerprint, contents (every file with its origin, see
+    sysext.contents) and format (side files for raw)."""
     if fmt not in ("ddi", "raw"):
         raise InputError(f"unknown format {fmt!r}", hint="use ddi or raw")
     bundle = load_bundle(bundle_dir)
@@ -249,6 +255,7 @@ def build(
             "root_hash": root_hash,
             "signed": signature is not None,
             "certificate_fingerprint": fingerprint,
+            "contents": built.contents,
         }
         if fmt == "ddi":
             sig_json = None

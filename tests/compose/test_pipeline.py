@@ -73,8 +73,8 @@ def mini_release(mini_flatcar, release_key, tmp_path_factory):
 def test_compose_writes_signed_release(mini_release, mini_flatcar):
     out, rel = mini_release["out"], mini_release["release"]
     assert sorted(p.name for p in out.iterdir()) == [
-        "acl-test-1.0.0.bin", "acl-test-1.0.0.qcow2", "acl-test-1.0.0.vhd",
-        "release.json", "release.json.p7s",
+        "acl-test-1.0.0.bin", "acl-test-1.0.0.qcow2", "acl-test-1.0.0.spdx.json",
+        "acl-test-1.0.0.vhd", "release.json", "release.json.p7s",
     ]  # fmt: skip
     assert json.loads((out / "release.json").read_text()) == rel
     assert rel["usr"]["root_hash"] == mini_flatcar.root_hash
@@ -240,7 +240,7 @@ def test_same_manifest_twice_same_sysext_and_ignition(mini_release, tmp_path):
     """
     proc = compose(mini_release["manifest"], tmp_path / "again", mini_release["cache"])
     a, b = mini_release["release"], json.loads(proc.stdout)
-    assert {k for k in a if a[k] != b[k]} == {"outputs"}
+    assert {k for k in a if a[k] != b[k]} == {"outputs", "sbom"}
     assert a["sysexts"] == b["sysexts"]
     assert a["ignition"] == b["ignition"]
     assert "cached" in proc.stderr  # warm: the verified base was reused
