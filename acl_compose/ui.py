@@ -55,6 +55,17 @@ def info(msg: str) -> None:
     click.echo(("  " * _depth) + msg, err=True)
 
 
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB'; exact bytes below 1 KiB."""
+    if n < 1024:
+        return f"{n} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024  # type: ignore[assignment]
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
 def warn(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 

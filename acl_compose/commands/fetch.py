@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from acl_compose.fetch import BOARDS, CHANNELS, CURRENT
-from acl_compose.ui import App, pass_app
+from acl_compose.ui import App, human_size, info, pass_app
 
 
 @click.command("fetch")
@@ -76,6 +76,12 @@ def fetch_cmd(
         offline=offline,
         progress=app.interactive,
     )
+    # Said even without a terminal (and under --json, on stderr): what was checked, by whom.
+    for a in result.artifacts:
+        info(
+            f"verified {a.name}: {human_size(a.size)}, SHA512 and signature by "
+            f"{a.signature.primary_fingerprint}{' (cached)' if a.cached else ''}"
+        )
     paths = [a.path for a in result.artifacts]
     data = result.to_json()
     if output:

@@ -3,12 +3,16 @@
 Layout under the cache dir:
   blobs/sha512/ab/<sha512>                verified release files (read-only)
   blobs/sha256/ab/<sha256>/<name>         pinned generic downloads (`fetch.download`)
-  releases/<base-slug>/<board>/<version>/<name>        symlink to the blob
-  releases/<base-slug>/<board>/<version>/.meta/<name>.json   size, sha512, signature, trust
-  releases/<base-slug>/<board>/current.json            last `current` seen (for --offline)
+  releases/<signer>/<board>/<version>/<name>          symlink to the blob
+  releases/<signer>/<board>/<version>/.meta/<name>.json   size, sha512, signature, trust
+  releases/<signer>/<board>/current-<channel>.json     last `current` seen (for --offline)
   locks/<key>.lock                         fcntl locks serialising work on one artifact
   tmp/                                     in-progress downloads (same filesystem: atomic rename)
 Index entries are written last, after verification, so the index never names an unverified file.
+The index is keyed by what was verified (the trusted key's primary fingerprint, board, version),
+not by where it came from: the same signed release served on another host or port is the same
+cache entry. Online, an entry is reused only if its sha512 is the one the server's signed DIGESTS
+names now, so a re-signed release with the same version is never served stale.
 """
 
 from __future__ import annotations
@@ -27,10 +31,9 @@ from typing import Any
 from acl_compose.util import atomic_write, hash_file
 
 
-def slug(base_url: str) -> str:
-    """A readable, collision-safe directory name for a base URL."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", base_url.split("://", 1)[-1]).strip("_")[:80]
-    return f"{readable}-{hashlib.sha256(base_url.encode()).hexdigest()[:12]}"
+def _component(text: str) -> str:
+    """A safe single path component (fingerprints and channels are already; be defensive)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "_"
 
 
 class Cache:
@@ -88,26 +91,26 @@ class Cache:
         return hash_file(path, algorithm) == digest
 
     # -- the name index ---------------------------------------------------------------
-    def release_dir(self, base_url: str, board: str, version: str) -> Path:
-        return self.root / "releases" / slug(base_url) / board / version
+    def release_dir(self, signer: str, board: str, version: str) -> Path:
+        return self.root / "releases" / _component(signer) / _component(board) / version
 
-    def entry(self, base_url: str, board: str, version: str, name: str) -> dict[str, Any] | None:
-        meta = self.release_dir(base_url, board, version) / ".meta" / f"{name}.json"
+    def entry(self, signer: str, board: str, version: str, name: str) -> dict[str, Any] | None:
+        meta = self.release_dir(signer, board, version) / ".meta" / f"{name}.json"
         try:
             data = json.loads(meta.read_text())
         except (FileNotFoundError, ValueError):
             return None
         return data if isinstance(data, dict) else None
 
-    def link_path(self, base_url: str, board: str, version: str, name: str) -> Path:
-        return self.release_dir(base_url, board, version) / name
+    def link_path(self, signer: str, board: str, version: str, name: str) -> Path:
+        return self.release_dir(signer, board, version) / name
 
     def record(
-        self, base_url: str, board: str, version: str, name: str, blob: Path, meta: dict[str, Any]
+        self, signer: str, board: str, version: str, name: str, blob: Path, meta: dict[str, Any]
     ) -> Path:
         """Point the index at a stored blob; metadata is written after the link (readers
         check the metadata, so an entry is visible only once both exist)."""
-        link = self.link_path(base_url, board, version, name)
+        link = self.link_path(signer, board, version, name)
         link.parent.mkdir(parents=True, exist_ok=True)
         tmp = link.with_name(f".{name}.{os.getpid()}.link")
         with contextlib.suppress(FileNotFoundError):
@@ -118,19 +121,23 @@ class Cache:
         atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
         return link
 
-    def forget(self, base_url: str, board: str, version: str, name: str) -> None:
+    def forget(self, signer: str, board: str, version: str, name: str) -> None:
         """Drop an index entry that failed its re-check."""
-        d = self.release_dir(base_url, board, version)
+        d = self.release_dir(signer, board, version)
         for p in (d / ".meta" / f"{name}.json", d / name):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
 
-    def set_current(self, base_url: str, board: str, version: str) -> None:
-        path = self.root / "releases" / slug(base_url) / board / "current.json"
-        atomic_write(path, json.dumps({"version": version}).encode())
+    def _current_path(self, signer: str, board: str, channel: str) -> Path:
+        name = f"current-{_component(channel)}.json"
+        return self.root / "releases" / _component(signer) / _component(board) / name
 
-    def current(self, base_url: str, board: str) -> str | None:
-        path = self.root / "releases" / slug(base_url) / board / "current.json"
+    def set_current(self, signer: str, board: str, channel: str, version: str) -> None:
+        data = json.dumps({"version": version}).encode()
+        atomic_write(self._current_path(signer, board, channel), data)
+
+    def current(self, signer: str, board: str, channel: str) -> str | None:
+        path = self._current_path(signer, board, channel)
         try:
             return str(json.loads(path.read_text())["version"])
         except (FileNotFoundError, ValueError, KeyError, TypeError):

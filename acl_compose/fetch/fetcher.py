@@ -167,16 +167,19 @@ class Fetcher:
         trust: gpg.Trust,
         transport: Transport,
         offline: bool = False,
+        channel: str = "stable",
     ) -> None:
         self.loc, self.board, self.cache, self.trust = loc, board, cache, trust
-        self.transport, self.offline = transport, offline
+        self.transport, self.offline, self.channel = transport, offline, channel
+        # The index is keyed by the signer, not the URL: same signed release, same entry.
+        self.signer = trust.fingerprint
 
     def resolve(self, release: str) -> str:
         """`current` (or a flat local folder) -> the version its signed version.txt names."""
         if release != CURRENT and not self.loc.flat:
             return release
         if self.offline:
-            version = self.cache.current(self.loc.base, self.board)
+            version = self.cache.current(self.signer, self.board, self.channel)
             if not version:
                 raise FetchError(
                     f"{self.loc.directory(CURRENT)}version.txt: not in the cache (--offline)",
@@ -189,7 +192,7 @@ class Fetcher:
         version = parse_version_txt(data.decode(errors="replace"), url).version
         if release != CURRENT and release != version:
             raise InputError(f"{url}: holds release {version}, not the requested {release}")
-        self.cache.set_current(self.loc.base, self.board, version)
+        self.cache.set_current(self.signer, self.board, self.channel, version)
         return version
 
     def _get(self, url: str, signature_of: str | None = None) -> bytes:
@@ -243,10 +246,10 @@ class Fetcher:
     def fetch(self, version: str, name: str, progress: bool = False) -> Artifact:
         check_artifact_name(name)
         url = self.loc.url(version, name)
-        base, board, cache = self.loc.base, self.board, self.cache
-        with cache.lock(f"{base}|{board}|{version}|{name}"):
+        signer, board, cache = self.signer, self.board, self.cache
+        with cache.lock(f"{signer}|{board}|{version}|{name}"):
             hit = self._cached(url, version, name)
-            if hit:
+            if hit and self.offline:
                 return hit
             if self.offline:
                 raise FetchError(
@@ -256,6 +259,8 @@ class Fetcher:
             expected = self.digests(url).get("SHA512", {}).get(name)
             if not expected:
                 raise VerificationError(f"{url}.DIGESTS: no SHA512 line for {name}")
+            if hit and hit.sha512 == expected:  # what the server signs now: not stale
+                return hit
             sig_bytes = self._get(url + ".sig", signature_of=url)
             with cache.temp_file(name) as (tmp, out), cache.temp_file(name + ".sig") as (sig, sf):
                 sf.write(sig_bytes)
@@ -283,15 +288,15 @@ class Fetcher:
                 "trusted": self.trust.fingerprint,
                 "signature": signature.to_json(),
             }
-            path = cache.record(base, board, version, name, blob, meta)
+            path = cache.record(signer, board, version, name, blob, meta)
             return Artifact(name, path, size, expected, url, signature)
 
     def _cached(self, url: str, version: str, name: str) -> Artifact | None:
-        base, board = self.loc.base, self.board
-        meta = self.cache.entry(base, board, version, name)
+        signer, board = self.signer, self.board
+        meta = self.cache.entry(signer, board, version, name)
         if not meta:
             return None
-        link = self.cache.link_path(base, board, version, name)
+        link = self.cache.link_path(signer, board, version, name)
         try:
             ok = (
                 meta.get("trusted") == self.trust.fingerprint
@@ -305,7 +310,7 @@ class Fetcher:
         except (KeyError, TypeError, ValueError, OSError):
             ok = False
         if not ok:
-            self.cache.forget(base, board, version, name)
+            self.cache.forget(signer, board, version, name)
             if self.offline:
                 raise VerificationError(
                     f"{link}: cached copy failed its re-check (or was verified with another key)",
@@ -377,7 +382,7 @@ def fetch_release(
     transport = Transport(settings, progress=progress)
     try:
         with load_trust(cache, transport, keyring, trusted_key, offline) as trust:
-            fetcher = Fetcher(loc, board, cache, trust, transport, offline)
+            fetcher = Fetcher(loc, board, cache, trust, transport, offline, channel)
             version = fetcher.resolve(release)
             got = [fetcher.fetch(version, n, progress) for n in names]
     finally:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -121,7 +122,11 @@ def _sha512(path: Path) -> str:
 
 def test_success_json_reports_release_and_signatures(site: Site) -> None:
     proc = site.fetch("--release", VERSION, json_out=True, check=True)
-    assert proc.stderr == ""  # no progress bar when not on a terminal
+    # No progress bar when not on a terminal: only the verified summary, one line per artifact.
+    assert [ln.split(":")[0] for ln in proc.stderr.splitlines()] == [
+        "verified version.txt",
+        f"verified {IMAGE}",
+    ]
     data = json.loads(proc.stdout)
     assert (data["version"], data["build"], data["branch"], data["patch"]) == (VERSION, 3510, 2, 8)
     assert data["channel"] == "stable" and data["build_id"] == "2023-09-19-1914"
@@ -404,7 +409,57 @@ def test_tampered_cache_is_rechecked(site: Site) -> None:
 def test_cache_from_another_trusted_key_not_reused(site: Site, other_key: Key) -> None:
     site.fetch("--release", VERSION, check=True)
     proc = site.fetch("--release", VERSION, "--offline", key=other_key)
+    assert proc.returncode == 1 and "not in the cache (--offline)" in proc.stderr
+    # Even an index entry planted under the other key's name is re-checked against its trust.
+    planted = site.cache / "releases" / other_key.fingerprint
+    shutil.copytree(site.cache / "releases" / site.key.fingerprint, planted, symlinks=True)
+    proc = site.fetch("--release", VERSION, "--offline", key=other_key)
     assert proc.returncode == 1 and "another key" in proc.stderr
+
+
+def test_summary_line_without_a_terminal(site: Site) -> None:
+    proc = site.fetch("--release", VERSION, check=True)
+    size = (site.vdir / IMAGE).stat().st_size
+    line = next(ln for ln in proc.stderr.splitlines() if IMAGE in ln)
+    assert line == (
+        f"verified {IMAGE}: {size / 2**20:.1f} MiB, SHA512 and signature by {site.key.fingerprint}"
+    )
+    again = site.fetch("--release", VERSION, check=True)
+    assert f"verified {IMAGE}: " in again.stderr and again.stderr.rstrip().endswith("(cached)")
+
+
+def test_cache_does_not_depend_on_host_or_port(site: Site, pristine: Path) -> None:
+    """The same signed release served elsewhere (another port, another host name) is a cache
+    hit: offline without any request, online without downloading the image again."""
+    first = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
+    faults = Faults()
+    with serve(site.root, handler=fault_handler(faults)) as other:
+        assert other.url != site.url
+        elsewhere = Site(site.root, other.url.replace("127.0.0.1", "localhost"), faults,
+                         site.key, site.cache)  # fmt: skip
+        offline = elsewhere.fetch("--release", VERSION, "--offline", json_out=True, check=True)
+        assert faults.log == []
+        data = json.loads(offline.stdout)
+        assert [a["sha512"] for a in data["artifacts"]] == [a["sha512"] for a in first["artifacts"]]
+        assert all(a["cached"] for a in data["artifacts"])
+        assert data["artifacts"][1]["url"].startswith(elsewhere.url)  # where it is now
+        online = json.loads(elsewhere.fetch(json_out=True, check=True).stdout)  # `current`
+        assert all(a["cached"] for a in online["artifacts"])
+        assert faults.gets(IMAGE) == 0 and faults.gets(f"{IMAGE}.DIGESTS.sig") == 1
+        # `current` seen on one server is known offline on the other.
+        site.fetch("--offline", check=True)
+
+
+def test_resigned_release_with_the_same_version_is_not_served_stale(site: Site) -> None:
+    """Online, a cached entry is reused only if the server's signed DIGESTS still name it."""
+    site.fetch("--release", VERSION, check=True)
+    image = site.vdir / IMAGE
+    image.write_bytes(bz2.compress(b"rebuilt" * 100000, 1))
+    publish(image, site.key)
+    data = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
+    assert not data["artifacts"][1]["cached"]
+    assert Path(data["artifacts"][1]["path"]).read_bytes() == image.read_bytes()
+    assert data["artifacts"][0]["cached"]  # version.txt did not change
 
 
 def test_local_sdk_directory_and_file_url(site: Site, tmp_path: Path) -> None:
