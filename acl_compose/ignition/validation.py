@@ -23,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from acl_compose.ignition import flatcar
 from acl_compose.ignition.locate import KeyPath, Report, dotted
 from acl_compose.run import run, which
 
@@ -373,6 +374,7 @@ def check_semantics(cfg: dict[str, Any], version: str, report: Report) -> None:
     for p, base in nodes:
         if p in unit_paths:
             report.error(base + ("path",), "path conflicts with systemd unit or dropin")
+    flatcar.check(cfg, report)
 
     for i, fs in enumerate(storage.get("filesystems", [])):
         base = ("storage", "filesystems", i)
