@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {e.message}", err=True)
         if e.hint:
             click.echo(f"hint: {e.hint}", err=True)
-        sys.exit(1)
+        sys.exit(getattr(e, "exit_code", 1))  # 1, except where a command says (diff: 2)
     except KeyboardInterrupt:
         click.echo("error: interrupted", err=True)
         sys.exit(130)

@@ -24,6 +24,7 @@ LAZY_COMMANDS = {
     "boot": "boot",
     "test": "boot",
     "sbom": "provenance",
+    "diff": "provenance",
 }
 
 

@@ -56,4 +56,28 @@ def sbom_cmd(app: App, out_dir: Path, output: Path | None, cert: Path | None) ->
     app.emit({"sbom": str(output), "sha256": release["sbom"]["sha256"]}, f"{output}")
 
 
-COMMANDS: list[click.Command] = [sbom_cmd]
+@click.command("diff")
+@click.argument("old", metavar="OLD", type=click.Path(path_type=Path))
+@click.argument("new", metavar="NEW", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (as global --json).")
+@pass_app
+def diff_cmd(app: App, old: Path, new: Path, as_json: bool) -> int:
+    """What changed from OLD to NEW: two release directories or two disk images.
+
+    Exit status as diff(1): 0 no differences, 1 differences, 2 trouble.
+    """
+    from acl_compose.errors import AclComposeError
+    from acl_compose.provenance import diff, format_text
+
+    try:
+        result = diff(old, new)
+    except AclComposeError as e:
+        e.exit_code = 2  # type: ignore[attr-defined]
+        raise
+    if as_json:
+        app.json = True
+    app.emit(result, format_text(result))
+    return 1 if result["changed"] else 0
+
+
+COMMANDS: list[click.Command] = [sbom_cmd, diff_cmd]
