@@ -72,11 +72,13 @@ class Cache:
         return self.root / "blobs" / "sha512" / sha512[:2] / sha512
 
     def store(self, tmp: Path, sha512: str) -> Path:
-        """Move a verified temp file into the store (fsync first; read-only afterwards)."""
+        """Move a verified temp file into the store (read-only afterwards).
+
+        No fsync: every reuse re-checks size and digest (blob_ok), so a blob torn by a crash
+        is caught and fetched again, and waiting for the disk would only slow each fetch.
+        """
         dest = self.blob_path(sha512)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o444)
         os.replace(tmp, dest)
         return dest

@@ -1,14 +1,18 @@
 """Fetch a Flatcar release and verify it before anything can use it.
 
-Per artifact F: `F.DIGESTS` (its own signature checked via `F.DIGESTS.sig` or the clearsigned
-`F.DIGESTS.asc`), then `F.sig`, then F itself streamed once into a temp file while sha512 is
-computed and gpgv checks the detached signature from a pipe. Only when both pass does the file
-enter the content-addressed cache and the index (see cache.py).
+Per artifact F, as apt does with a signed Release file: `F.DIGESTS` first, its signature
+checked by gpgv (`F.DIGESTS.sig`, or the clearsigned `F.DIGESTS.asc`), then F streamed once
+into a temp file while a thread beside the socket reads hashes it with SHA512; F is accepted
+only if that SHA512 is the one the signed DIGESTS lists. With `check_file_signatures` (the
+CLI's --check-file-signatures / --strict) F's own detached `F.sig` is also checked, by gpgv
+reading the same stream from a pipe. Only then does the file enter the content-addressed
+cache and the index (see cache.py); every artifact records which checks ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -66,6 +70,14 @@ def parse_digests(text: str, source: str = "DIGESTS") -> dict[str, dict[str, str
 
 
 # -- results --------------------------------------------------------------------------------
+# What was checked before an artifact was accepted (recorded in --json and release.json).
+CHECK_DIGESTS_SIGNATURE = "digests-signature"  # F.DIGESTS signed by the pinned key (gpgv)
+CHECK_SHA512 = "sha512"  # F's SHA512 is the one the signed DIGESTS lists
+CHECK_FILE_SIGNATURE = "file-signature"  # F.sig, F's own detached signature (gpgv)
+DEFAULT_CHECKS = (CHECK_DIGESTS_SIGNATURE, CHECK_SHA512)
+STRICT_CHECKS = (*DEFAULT_CHECKS, CHECK_FILE_SIGNATURE)
+
+
 @dataclass
 class Artifact:
     name: str
@@ -73,11 +85,13 @@ class Artifact:
     size: int
     sha512: str
     url: str
-    signature: gpg.Signature
+    signature: gpg.Signature  # the signature over F.DIGESTS, which vouches for the SHA512
     cached: bool = False
+    checks: tuple[str, ...] = DEFAULT_CHECKS
+    file_signature: gpg.Signature | None = None  # F.sig, when CHECK_FILE_SIGNATURE ran
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "name": self.name,
             "path": str(self.path),
             "size": self.size,
@@ -85,7 +99,11 @@ class Artifact:
             "url": self.url,
             "cached": self.cached,
             "signature": self.signature.to_json(),
+            "checks": list(self.checks),
         }
+        if self.file_signature is not None:
+            data["file_signature"] = self.file_signature.to_json()
+        return data
 
 
 @dataclass
@@ -111,13 +129,14 @@ class FetchResult:
 
 # -- the fetcher ----------------------------------------------------------------------------
 class _Pipeline:
-    """The sinks one download feeds: the temp file, sha512 and gpgv.
+    """The sinks one download feeds: the temp file here, SHA512 (and gpgv) in threads.
 
-    sha512 and the gpgv pipe each run in a thread (hashlib and pipe writes release the GIL),
-    so on two cores hashing overlaps the network instead of adding to it.
+    hashlib and pipe writes release the GIL, so on two cores the hash overlaps the socket
+    reads and disk writes instead of following them. Chunks are views of the transport's
+    reusable buffers; `settle` lets it wait for the threads before refilling one.
     """
 
-    def __init__(self, out: BinaryIO, trust: gpg.Trust, sig: Path, what: str) -> None:
+    def __init__(self, out: BinaryIO, trust: gpg.Trust, sig: Path | None, what: str) -> None:
         self.out, self.trust, self.sig, self.what = out, trust, sig, what
         self.verifier: gpg.StreamVerifier | None = None
         self._workers: list[Threaded] = []
@@ -125,16 +144,23 @@ class _Pipeline:
 
     def reset(self) -> None:
         self.close()
-        self.out.seek(0)
-        self.out.truncate()
+        if self.out.tell():  # a restart; never truncate the fresh file: on ext4 that makes
+            self.out.seek(0)  # close() flush it all to disk (auto_da_alloc)
+            self.out.truncate()
         self.sha512 = hashlib.sha512()
-        self.verifier = self.trust.stream(self.sig, self.what)
-        self._workers = [Threaded(self.sha512.update), Threaded(self.verifier.update)]
+        self._workers = [Threaded(self.sha512.update)]
+        if self.sig is not None:
+            self.verifier = self.trust.stream(self.sig, self.what)
+            self._workers.append(Threaded(self.verifier.update))
 
-    def update(self, chunk: bytes) -> None:
-        self.out.write(chunk)
+    def update(self, chunk: memoryview) -> None:
         for w in self._workers:
             w.update(chunk)
+        self.out.write(chunk)
+
+    def settle(self, limit: int) -> None:
+        for w in self._workers:
+            w.settle(limit)
 
     def digest(self) -> str:
         for w in self._workers:
@@ -142,10 +168,10 @@ class _Pipeline:
         self._workers = []
         return self.sha512.hexdigest()
 
-    def signature(self) -> gpg.Signature:
+    def signature(self) -> gpg.Signature | None:
         verifier, self.verifier = self.verifier, None
-        assert verifier is not None and not self._workers
-        return verifier.finish()
+        assert not self._workers
+        return verifier.finish() if verifier is not None else None
 
     def close(self) -> None:
         """Stop whatever is still running (after an error or before a restart)."""
@@ -168,11 +194,14 @@ class Fetcher:
         transport: Transport,
         offline: bool = False,
         channel: str = "stable",
+        check_file_signatures: bool = False,
     ) -> None:
         self.loc, self.board, self.cache, self.trust = loc, board, cache, trust
         self.transport, self.offline, self.channel = transport, offline, channel
         # The index is keyed by the signer, not the URL: same signed release, same entry.
         self.signer = trust.fingerprint
+        self.file_signatures = check_file_signatures
+        self.checks = STRICT_CHECKS if check_file_signatures else DEFAULT_CHECKS
 
     def resolve(self, release: str) -> str:
         """`current` (or a flat local folder) -> the version its signed version.txt names."""
@@ -212,8 +241,8 @@ class Fetcher:
             (Path(tmp) / "data").write_bytes(data)
             return self.trust.verify_file(Path(tmp) / "sig", Path(tmp) / "data", what)
 
-    def digests(self, url: str) -> dict[str, dict[str, str]]:
-        """The verified DIGESTS of one artifact URL."""
+    def digests(self, url: str) -> tuple[dict[str, dict[str, str]], gpg.Signature]:
+        """The verified DIGESTS of one artifact URL, and the signature that vouches for it."""
         durl = url + ".DIGESTS"
         try:
             text: bytes | None = self.transport.get_bytes(durl)
@@ -225,8 +254,8 @@ class Fetcher:
             except NotFound:
                 pass
             else:
-                self._verify_bytes(sig, text, durl)
-                return parse_digests(text.decode(errors="replace"), durl)
+                signature = self._verify_bytes(sig, text, durl)
+                return parse_digests(text.decode(errors="replace"), durl), signature
         try:
             asc = self.transport.get_bytes(durl + ".asc")
         except NotFound as e:
@@ -240,8 +269,8 @@ class Fetcher:
                 f"{missing}: missing, cannot check {url}",
                 hint="only signed releases are used; check the release server",
             ) from e
-        signed, _ = self.trust.verify_clearsigned(asc, durl + ".asc")
-        return parse_digests(signed.decode(errors="replace"), durl + ".asc")
+        signed, signature = self.trust.verify_clearsigned(asc, durl + ".asc")
+        return parse_digests(signed.decode(errors="replace"), durl + ".asc"), signature
 
     def fetch(self, version: str, name: str, progress: bool = False) -> Artifact:
         check_artifact_name(name)
@@ -250,21 +279,26 @@ class Fetcher:
         with cache.lock(f"{signer}|{board}|{version}|{name}"):
             hit = self._cached(url, version, name)
             if hit and self.offline:
-                return hit
+                return self._as_requested(hit, version)
             if self.offline:
                 raise FetchError(
                     f"{url}: not in the cache (--offline)",
                     hint="fetch it once without --offline",
                 )
-            expected = self.digests(url).get("SHA512", {}).get(name)
+            # The signed DIGESTS first (kilobytes): nothing big is downloaded for a bad one.
+            digests, signature = self.digests(url)
+            expected = digests.get("SHA512", {}).get(name)
             if not expected:
                 raise VerificationError(f"{url}.DIGESTS: no SHA512 line for {name}")
             if hit and hit.sha512 == expected:  # what the server signs now: not stale
-                return hit
-            sig_bytes = self._get(url + ".sig", signature_of=url)
-            with cache.temp_file(name) as (tmp, out), cache.temp_file(name + ".sig") as (sig, sf):
-                sf.write(sig_bytes)
-                sf.close()
+                return self._as_requested(hit, version)
+            sig_bytes = self._get(url + ".sig", signature_of=url) if self.file_signatures else None
+            with cache.temp_file(name) as (tmp, out), contextlib.ExitStack() as stack:
+                sig = None
+                if sig_bytes is not None:
+                    sig, sf = stack.enter_context(cache.temp_file(name + ".sig"))
+                    sf.write(sig_bytes)
+                    sf.close()
                 pipe = _Pipeline(out, self.trust, sig, url)
                 try:
                     size = self.transport.stream(
@@ -275,7 +309,7 @@ class Fetcher:
                         raise VerificationError(
                             f"{url}: SHA512 does not match {name}.DIGESTS (corrupted or tampered)"
                         )
-                    signature = pipe.signature()
+                    file_signature = pipe.signature()
                 finally:
                     pipe.close()
                 out.close()
@@ -287,9 +321,13 @@ class Fetcher:
                 "sha512": expected,
                 "trusted": self.trust.fingerprint,
                 "signature": signature.to_json(),
+                "checks": list(self.checks),
+                "file_signature": file_signature.to_json() if file_signature else None,
             }
             path = cache.record(signer, board, version, name, blob, meta)
-            return Artifact(name, path, size, expected, url, signature)
+            return Artifact(
+                name, path, size, expected, url, signature, False, self.checks, file_signature
+            )
 
     def _cached(self, url: str, version: str, name: str) -> Artifact | None:
         signer, board = self.signer, self.board
@@ -303,9 +341,15 @@ class Fetcher:
                 and link.resolve() == self.cache.blob_path(meta["sha512"]).resolve()
                 and self.cache.blob_ok(link, int(meta["size"]), meta["sha512"])
             )
-            sig = meta["signature"]
-            signature = gpg.Signature(
-                sig["fingerprint"], sig["primary_fingerprint"], sig["created"]
+            signature = _signature(meta["signature"])
+            # Entries written before checks were recorded had the file signature checked too.
+            checks = meta.get("checks", list(STRICT_CHECKS))
+            file_signature = (
+                _signature(meta["file_signature"])
+                if meta.get("file_signature")
+                else signature
+                if "checks" not in meta
+                else None
             )
         except (KeyError, TypeError, ValueError, OSError):
             ok = False
@@ -317,7 +361,56 @@ class Fetcher:
                     hint="fetch it again without --offline",
                 )
             return None
-        return Artifact(name, link, int(meta["size"]), meta["sha512"], url, signature, cached=True)
+        return Artifact(
+            name,
+            link,
+            int(meta["size"]),
+            meta["sha512"],
+            url,
+            signature,
+            True,
+            tuple(checks),
+            file_signature,
+        )
+
+    def _as_requested(self, hit: Artifact, version: str) -> Artifact:
+        """A cache hit reported with this fetch's checks (so the output does not depend on
+        how the cache was filled); F.sig is checked in place if it was not yet and is wanted."""
+        file_signature = None
+        if self.file_signatures:
+            file_signature = hit.file_signature
+            if CHECK_FILE_SIGNATURE not in hit.checks or file_signature is None:
+                file_signature = self._check_cached_file_signature(hit, version)
+        return dataclasses.replace(hit, checks=self.checks, file_signature=file_signature)
+
+    def _check_cached_file_signature(self, hit: Artifact, version: str) -> gpg.Signature:
+        """A file cached on DIGESTS alone, now wanted with F.sig checked: check it in place."""
+        name, link = hit.name, hit.path
+        if self.offline:
+            raise VerificationError(
+                f"{link}: cached without its file signature check; --offline cannot fetch"
+                f" {name}.sig",
+                hint="run it once online with --check-file-signatures",
+            )
+        sig_bytes = self._get(hit.url + ".sig", signature_of=hit.url)
+        with self.cache.temp_file(name + ".sig") as (sig, sf):
+            sf.write(sig_bytes)
+            sf.close()
+            try:
+                file_signature = self.trust.verify_file(sig, link, hit.url)
+            except VerificationError:  # a file its own signature disowns: keep none of it
+                self.cache.forget(self.signer, self.board, version, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.cache.blob_path(hit.sha512))
+                raise
+        meta = self.cache.entry(self.signer, self.board, version, name) or {}
+        meta.update(checks=list(STRICT_CHECKS), file_signature=file_signature.to_json())
+        self.cache.record(self.signer, self.board, version, name, link.resolve(), meta)
+        return file_signature
+
+
+def _signature(data: dict[str, str]) -> gpg.Signature:
+    return gpg.Signature(data["fingerprint"], data["primary_fingerprint"], data["created"])
 
 
 def load_trust(
@@ -368,10 +461,13 @@ def fetch_release(
     offline: bool = False,
     progress: bool = False,
     settings: Settings | None = None,
+    check_file_signatures: bool = False,
 ) -> FetchResult:
     """Fetch and verify `version.txt` plus `artifacts` (default: the compose set).
 
     None for channel/release/board means the default (callers pass manifest fields as-is).
+    Each file is checked against its signed DIGESTS; `check_file_signatures` also checks
+    its detached F.sig (gpgv hashes the file again, in parallel: slower, same trust root).
     """
     channel, release, board = channel or "stable", release or CURRENT, board or "amd64-usr"
     names = ["version.txt"] + [n for n in (artifacts or DEFAULT_ARTIFACTS) if n != "version.txt"]
@@ -382,7 +478,9 @@ def fetch_release(
     transport = Transport(settings, progress=progress)
     try:
         with load_trust(cache, transport, keyring, trusted_key, offline) as trust:
-            fetcher = Fetcher(loc, board, cache, trust, transport, offline, channel)
+            fetcher = Fetcher(
+                loc, board, cache, trust, transport, offline, channel, check_file_signatures
+            )
             version = fetcher.resolve(release)
             got = [fetcher.fetch(version, n, progress) for n in names]
     finally:

@@ -23,6 +23,9 @@ class RangeRequestHandler(http.server.SimpleHTTPRequestHandler):
     """Static files with single-range support; quiet (no access log on stderr)."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms per request). Real release servers set TCP_NODELAY too.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass

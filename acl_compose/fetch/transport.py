@@ -1,15 +1,19 @@
 """HTTP(S) and file:// downloads: timeouts, retries with backoff, Range resume, sanity checks.
 
-Bodies are streamed to `sinks` (hashers, a gpgv pipe, the temp file) as they arrive, so each
-byte is read once. Knobs come from the environment so tests and slow links can tune them:
+Bodies are read once, straight into a small ring of reusable buffers (one copy from the
+socket), and each buffer is handed to `sinks` (the temp file, hashers, a gpgv pipe) as a
+memoryview. Sinks that keep working on a buffer after `update()` returns (`Threaded`) are
+waited for before that buffer is refilled, so memory stays at RING * CHUNK whatever the file
+size. Knobs come from the environment so tests and slow links can tune them:
 ACL_COMPOSE_CONNECT_TIMEOUT, ACL_COMPOSE_READ_TIMEOUT (seconds), ACL_COMPOSE_RETRIES,
 ACL_COMPOSE_BACKOFF (first retry delay, doubled each time).
 """
 
 from __future__ import annotations
 
+import collections
+import http.client
 import os
-import queue
 import re
 import sys
 import threading
@@ -26,6 +30,7 @@ from acl_compose.errors import FetchError
 from acl_compose.fetch.release import local_path
 
 CHUNK = 1 << 20
+RING = 8  # read buffers in flight: how far a background hasher may lag behind the socket
 USER_AGENT = f"acl-compose/{__version__} python-requests/{requests.__version__}"
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 # Files whose names say they are HTML/text may legitimately start like a web page.
@@ -37,7 +42,11 @@ class NotFound(FetchError):
 
 
 class Sink(Protocol):
-    def update(self, chunk: bytes | memoryview, /) -> None: ...
+    """Takes the body chunk by chunk. The view is only valid during the call, unless the sink
+    also has `settle(limit)` (see Threaded): then the transport calls settle before it reuses
+    a buffer, and the sink may keep the view until that call returns."""
+
+    def update(self, chunk: memoryview, /) -> None: ...
 
 
 def _env_float(name: str, default: float) -> float:
@@ -65,41 +74,115 @@ class Settings:
 
 
 class Threaded:
-    """Runs `update(chunk)` in a background thread, fed through a short queue.
+    """Runs `update(chunk)` in a background thread, in order.
 
-    hashlib and pipe writes release the GIL, so hashing overlaps the network. The queue
-    holds at most `depth` chunks: memory stays bounded and a slow consumer slows the reader.
-    Chunks must be immutable (bytes). An error in the thread is raised by update()/close().
+    hashlib and pipe writes release the GIL, so on two cores the hash runs beside the socket
+    reads and disk writes instead of after them. Chunks may be views of buffers the caller
+    reuses: `settle(n)` returns once at most n chunks are still unprocessed, which is what
+    the transport waits for before refilling a buffer. At most `depth` chunks are queued
+    (update() blocks), so memory stays bounded for any caller. An error in the thread is
+    raised by update()/settle()/close().
     """
 
     _STOP = object()
 
-    def __init__(self, update: Callable[[bytes], object], depth: int = 8) -> None:
+    def __init__(self, update: Callable[[memoryview], object], depth: int = RING) -> None:
         self._update = update
-        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._depth = depth
+        self._items: collections.deque[object] = collections.deque()
+        self._pending = 0  # queued or being processed
+        self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not self._STOP:
-            if self._error is None:  # after an error keep draining so put() never blocks
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                item = self._items.popleft()
+            if item is self._STOP:
+                return
+            if self._error is None:  # after an error keep draining so nobody waits forever
                 try:
                     self._update(item)  # type: ignore[arg-type]
                 except BaseException as e:  # noqa: BLE001 - handed to the caller
                     self._error = e
+            with self._cond:
+                self._pending -= 1
+                self._cond.notify_all()
 
-    def update(self, chunk: bytes) -> None:
+    def settle(self, limit: int) -> None:
+        """Wait until at most `limit` chunks are unprocessed."""
+        with self._cond:
+            while self._pending > limit:
+                self._cond.wait()
         if self._error:
             raise self._error
-        self._queue.put(chunk)
+
+    def update(self, chunk: memoryview | bytes) -> None:
+        self.settle(self._depth - 1)
+        with self._cond:
+            self._items.append(chunk)
+            self._pending += 1
+            self._cond.notify_all()
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(self._STOP)
+            with self._cond:
+                self._items.append(self._STOP)
+                self._cond.notify_all()
             self._thread.join()
         if self._error:
             raise self._error
+
+
+class _Ring:
+    """RING reusable read buffers, allocated as needed (a small file uses one).
+
+    Before a buffer is refilled every sink that may still hold a view of it is settled: with
+    FIFO sinks, at most RING-1 unprocessed chunks means the oldest buffer is free.
+    """
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self._bufs: list[bytearray] = []
+        self._next = 0
+        self._lagging = [s for s in sinks if hasattr(s, "settle")]
+
+    def take(self) -> bytearray:
+        if len(self._bufs) < RING:
+            self._bufs.append(bytearray(CHUNK))
+            return self._bufs[-1]
+        buf = self._bufs[self._next]
+        self._next = (self._next + 1) % RING
+        for s in self._lagging:
+            s.settle(RING - 1)  # type: ignore[attr-defined]
+        return buf
+
+
+def _pump(
+    readinto: Callable[[bytearray], int | None],
+    sinks: Sequence[Sink],
+    ring: _Ring,
+    first: Callable[[memoryview], None] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> int:
+    """Read until EOF into ring buffers and feed every sink; returns the byte count."""
+    done = 0
+    while True:
+        buf = ring.take()
+        n = readinto(buf)
+        if not n:
+            return done
+        view = memoryview(buf)[:n]
+        if first is not None and done == 0:
+            first(view)
+        for sink in sinks:
+            sink.update(view)
+        done += n
+        if advance is not None:
+            advance(n)
 
 
 class Progress:
@@ -194,6 +277,15 @@ class Transport:
         s = self.settings
         done, total, attempt = 0, None, 0
         bar: Progress | None = None
+        ring = _Ring(sinks)
+
+        def advance(n: int) -> None:
+            nonlocal done, attempt
+            done += n
+            attempt = 0  # progress was made: the retry budget starts over
+            if bar:
+                bar.advance(n)
+
         try:
             while True:
                 headers = {"Range": f"bytes={done}-"} if done else {}
@@ -232,15 +324,8 @@ class Transport:
                             _sanity_check(url, r)
                         if bar is None and self.progress and progress_label:
                             bar = Progress(progress_label, total)
-                        for chunk in r.raw.stream(CHUNK, decode_content=False):
-                            if done == 0:
-                                _sniff_html(url, chunk)
-                            for sink in sinks:
-                                sink.update(chunk)
-                            done += len(chunk)
-                            attempt = 0  # progress was made: the retry budget starts over
-                            if bar:
-                                bar.advance(len(chunk))
+                        sniff = (lambda v: _sniff_html(url, v)) if done == 0 else None
+                        _pump(_body_reader(r), sinks, ring, sniff, advance)
                     if total is not None and done < total:
                         raise _Retryable(f"connection closed after {done} of {total} bytes")
                     if total is not None and done > total:
@@ -254,7 +339,9 @@ class Transport:
                     requests.Timeout,
                     requests.exceptions.ChunkedEncodingError,
                     urllib3.exceptions.HTTPError,
+                    http.client.HTTPException,  # IncompleteRead: the body ended early
                     ConnectionError,
+                    TimeoutError,  # a read timeout while reading the body
                 ) as e:
                     attempt += 1
                     if attempt > s.retries:
@@ -324,20 +411,34 @@ def _sniff_html(url: str, chunk: bytes | memoryview) -> None:
         )
 
 
+def _body_reader(r: requests.Response) -> Callable[[bytearray], int | None]:
+    """readinto() of the body as sent (no content decoding), with a single copy.
+
+    urllib3's own read() copies each chunk three more times (and costs more CPU than the
+    hashing); the http.client response underneath reads straight into our buffer and still
+    handles Content-Length, chunked encoding and read timeouts.
+    """
+    fp = getattr(r.raw, "_fp", None)
+    if isinstance(fp, http.client.HTTPResponse):
+        return fp.readinto
+
+    def readinto(buf: bytearray) -> int:  # any other urllib3: its documented API
+        data = r.raw.read(len(buf), decode_content=False)
+        buf[: len(data)] = data
+        return len(data)
+
+    return readinto
+
+
 def _stream_file(url: str, sinks: Sequence[Sink]) -> int:
     path = local_path(url)
     try:
-        f = open(path, "rb")  # noqa: SIM115
+        f = open(path, "rb", buffering=0)  # noqa: SIM115
     except FileNotFoundError as e:
         raise NotFound(
             f"{path}: no such file", hint="check --base-url and the artifact name"
         ) from e
     except OSError as e:
         raise FetchError(f"{path}: {e.strerror}") from e
-    done = 0
     with f:
-        while chunk := f.read(CHUNK):
-            for sink in sinks:
-                sink.update(chunk)
-            done += len(chunk)
-    return done
+        return _pump(f.readinto, sinks, _Ring(sinks))

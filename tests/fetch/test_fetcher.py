@@ -136,7 +136,8 @@ def test_success_json_reports_release_and_signatures(site: Site) -> None:
     assert path.read_bytes() == (site.vdir / IMAGE).read_bytes()
     assert image["sha512"] == _sha512(site.vdir / IMAGE) == _sha512(path)
     assert image["size"] == (site.vdir / IMAGE).stat().st_size
-    sig = image["signature"]
+    assert image["checks"] == ["digests-signature", "sha512"]
+    sig = image["signature"]  # over the DIGESTS
     # Signed by the subkey; the primary is the pinned one.
     assert sig["fingerprint"] == site.key.signing_fingerprint != site.key.fingerprint
     assert sig["primary_fingerprint"] == site.key.fingerprint
@@ -218,15 +219,42 @@ def test_flipped_byte_refused_by_digest(site: Site) -> None:
     site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "SHA512")
 
 
-def test_flipped_byte_refused_by_signature_even_with_matching_digests(site: Site) -> None:
-    # An attacker who could get DIGESTS re-signed still cannot forge F.sig.
+def _tamper_and_resign_digests(site: Site) -> None:
+    """A changed image whose DIGESTS is re-signed with the trusted key, F.sig left as it was."""
     image = site.vdir / IMAGE
     data = bytearray(image.read_bytes())
     data[100] ^= 0x80
     image.write_bytes(data)
     site.key.sign_digests(write_digests(image))
-    proc = site.fetch("--release", VERSION)
+
+
+@pytest.mark.parametrize("flag", ["--check-file-signatures", "--strict"])
+def test_flipped_byte_refused_by_file_signature_with_matching_digests(
+    site: Site, flag: str
+) -> None:
+    # An attacker who could get DIGESTS re-signed still cannot forge F.sig.
+    _tamper_and_resign_digests(site)
+    proc = site.fetch("--release", VERSION, flag)
     site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "BAD signature")
+
+
+def test_default_trusts_the_signed_digests(site: Site) -> None:
+    """By default the signed DIGESTS is the trust root (as apt's signed Release is): a file it
+    lists is accepted without F.sig, and the output says exactly which checks ran."""
+    _tamper_and_resign_digests(site)
+    data = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
+    image = data["artifacts"][1]
+    assert image["checks"] == ["digests-signature", "sha512"]
+    assert "file_signature" not in image
+    assert image["sha512"] == _sha512(site.vdir / IMAGE)
+    assert site.faults.gets(f"{IMAGE}.sig") == 0  # F.sig was not even downloaded
+    assert site.faults.gets(f"{IMAGE}.DIGESTS.sig") == 1
+    # The same cached file, now wanted with its own signature: checked in place, refused, and
+    # dropped from the index.
+    site.faults.log.clear()
+    proc = site.fetch("--release", VERSION, "--strict")
+    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "BAD signature")
+    assert site.faults.gets(IMAGE) == 0 and site.faults.gets(f"{IMAGE}.sig") == 1
 
 
 def test_wrong_key_refused(site: Site, other_key: Key) -> None:
@@ -256,9 +284,9 @@ def test_keyring_without_the_trusted_key_refused(site: Site, other_key: Key) -> 
     assert f"key file {other_key.public}" in proc.stderr and site.key.fingerprint in proc.stderr
 
 
-def test_missing_sig_refused(site: Site) -> None:
+def test_missing_sig_refused_when_checked(site: Site) -> None:
     (site.vdir / f"{IMAGE}.sig").unlink()
-    proc = site.fetch("--release", VERSION)
+    proc = site.fetch("--release", VERSION, "--check-file-signatures")
     site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}.sig", "signature missing")
 
 
@@ -269,6 +297,68 @@ def test_digests_mismatch_refused(site: Site) -> None:
     site.key.sign_digests(digests)  # properly signed, but wrong
     proc = site.fetch("--release", VERSION)
     site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "does not match")
+
+
+def test_strict_checks_both_and_records_them(site: Site) -> None:
+    proc = site.fetch("--release", VERSION, "--strict", json_out=True, check=True)
+    data = json.loads(proc.stdout)
+    for art in data["artifacts"]:
+        assert art["checks"] == ["digests-signature", "sha512", "file-signature"]
+        assert art["file_signature"]["primary_fingerprint"] == site.key.fingerprint
+        assert art["signature"]["primary_fingerprint"] == site.key.fingerprint
+    assert site.faults.gets(f"{IMAGE}.sig") == 1 and site.faults.gets(f"{IMAGE}.DIGESTS.sig") == 1
+
+
+def test_cached_file_gets_its_signature_checked_in_place(site: Site) -> None:
+    site.fetch("--release", VERSION, check=True)
+    # Cached on DIGESTS alone: --offline cannot vouch for F.sig.
+    proc = site.fetch("--release", VERSION, "--offline", "--check-file-signatures")
+    assert proc.returncode == 1 and "file signature" in proc.stderr, proc.stderr
+    site.faults.log.clear()
+    proc = site.fetch("--release", VERSION, "--check-file-signatures", json_out=True, check=True)
+    image = json.loads(proc.stdout)["artifacts"][1]
+    assert image["cached"] and "file-signature" in image["checks"]
+    assert site.faults.gets(IMAGE) == 0 and site.faults.gets(f"{IMAGE}.sig") == 1
+    # Recorded: offline now suffices, and a default fetch still reports only what it asked for.
+    again = json.loads(
+        site.fetch("--release", VERSION, "--offline", "--strict", json_out=True, check=True).stdout
+    )
+    assert again["artifacts"][1]["file_signature"] == image["file_signature"]
+    plain = json.loads(site.fetch("--release", VERSION, "--offline", json_out=True).stdout)
+    assert plain["artifacts"][1]["checks"] == ["digests-signature", "sha512"]
+    assert "file_signature" not in plain["artifacts"][1]
+
+
+def test_digests_signed_by_another_key_refused(site: Site, other_key: Key) -> None:
+    # F.sig is still the genuine one: the default path must refuse on DIGESTS alone.
+    other_key.sign_digests(site.vdir / f"{IMAGE}.DIGESTS")
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{IMAGE}.DIGESTS", "not the trusted key")
+
+
+def test_clearsigned_digests_by_another_key_refused(site: Site, other_key: Key) -> None:
+    other_key.sign_digests(site.vdir / f"{IMAGE}.DIGESTS")
+    (site.vdir / f"{IMAGE}.DIGESTS.sig").unlink()
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{IMAGE}.DIGESTS.asc", "not the trusted key")
+
+
+def test_tampered_clearsigned_digests_refused(site: Site) -> None:
+    (site.vdir / f"{IMAGE}.DIGESTS.sig").unlink()
+    asc = site.vdir / f"{IMAGE}.DIGESTS.asc"
+    text = asc.read_text()
+    digest = _sha512(site.vdir / IMAGE)
+    asc.write_text(text.replace(digest, digest[:-1] + ("0" if digest[-1] != "0" else "1")))
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{IMAGE}.DIGESTS.asc", "BAD signature")
+
+
+def test_unsigned_digests_refused(site: Site) -> None:
+    for suffix in (".DIGESTS.asc", ".DIGESTS.sig"):
+        (site.vdir / f"{IMAGE}{suffix}").unlink()
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{IMAGE}.DIGESTS.sig and .asc", "missing")
+    assert site.faults.gets(IMAGE) == 0  # the big file is never downloaded
 
 
 def test_digests_altered_after_signing_refused(site: Site) -> None:
@@ -422,8 +512,11 @@ def test_summary_line_without_a_terminal(site: Site) -> None:
     size = (site.vdir / IMAGE).stat().st_size
     line = next(ln for ln in proc.stderr.splitlines() if IMAGE in ln)
     assert line == (
-        f"verified {IMAGE}: {size / 2**20:.1f} MiB, SHA512 and signature by {site.key.fingerprint}"
+        f"verified {IMAGE}: {size / 2**20:.1f} MiB, SHA512 against DIGESTS, signed by "
+        f"{site.key.fingerprint}"
     )
+    strict = site.fetch("--release", VERSION, "--strict", check=True).stderr
+    assert f"SHA512 against DIGESTS and file signature, signed by {site.key.fingerprint}" in strict
     again = site.fetch("--release", VERSION, check=True)
     assert f"verified {IMAGE}: " in again.stderr and again.stderr.rstrip().endswith("(cached)")
 
@@ -543,6 +636,26 @@ def test_decompress_sparse(tmp_path: Path, use_lbzip2: bool) -> None:
     dest = fetch.decompress(src, tmp_path / "img.bin", use_lbzip2=use_lbzip2)
     assert dest.read_bytes() == raw
     assert dest.stat().st_blocks * 512 < 1 << 20  # the 8 MiB of zeros are holes
+
+
+def test_sparse_writer_blocks_and_tail(tmp_path: Path) -> None:
+    """Zero blocks anywhere in a chunk (and a ragged tail) become holes; the bytes survive."""
+    from acl_compose.fetch.unpack import BLOCK, CHUNK, SparseWriter
+
+    rnd = os.urandom(BLOCK)
+    pattern = [rnd if i % 3 == 0 else bytes(BLOCK) for i in range(CHUNK // BLOCK)]
+    chunks = [b"".join(pattern), bytes(CHUNK), rnd[:100] + bytes(BLOCK * 3 + 7)]
+    dest = tmp_path / "out"
+    with open(dest, "wb") as f:
+        w = SparseWriter(f.fileno())
+        for c in chunks:
+            buf = bytearray(CHUNK)  # a reused buffer longer than the data, as lbzip2's reader
+            buf[: len(c)] = c
+            w.write(buf, len(c))
+        w.finish()
+    assert dest.read_bytes() == b"".join(chunks)
+    data_blocks = CHUNK // BLOCK // 3 + 1 + 1  # the random blocks, plus the tail's first block
+    assert dest.stat().st_blocks * 512 <= (data_blocks + 2) * BLOCK
 
 
 def test_decompress_corrupt_is_input_error(tmp_path: Path) -> None:
