@@ -264,22 +264,24 @@ def create(
     data_blocks: int | None = None,
     uuid: str | None = None,
     workers: int | None = None,
+    data_offset: int = 0,
 ) -> VerityResult:
     """Build the hash tree of `data` like `veritysetup format` and return its root hash.
 
     hash_path None (or the data file itself) puts the tree into `data` at hash_offset, which
     defaults to the end of the file rounded up to the hash block size. A separate hash file is
-    written atomically; bytes before hash_offset in an existing one are kept.
+    written atomically; bytes before hash_offset in an existing one are kept. `data_offset`
+    says where the data starts inside `data` (a partition slot of a disk image).
     """
     data = Path(data)
     _check_workers(workers)
     salt = os.urandom(32) if salt is None else bytes(salt)
     _check_params(algorithm, data_block_size, hash_block_size, hash_type, salt, hash_offset or 0)
-    size = _data_size(data)
+    size = max(0, _data_size(data) - data_offset)
     nblocks = _resolve_data_blocks(data, size, data_blocks, data_block_size)
     same = _same_file(data, Path(hash_path) if hash_path is not None else None)
     if hash_offset is None:
-        end = size if same and data_blocks is None else nblocks * data_block_size
+        end = data_offset + (size if same and data_blocks is None else nblocks * data_block_size)
         hash_offset = (
             (end + hash_block_size - 1) // hash_block_size * hash_block_size if same else 0
         )
@@ -298,8 +300,9 @@ def create(
         nblocks,
         hash_offset,
         superblock,
+        data_offset,
     )
-    if same and lay.area_start < nblocks * data_block_size:
+    if same and lay.area_start < data_offset + nblocks * data_block_size:
         raise InputError(
             f"hash offset {hash_offset} overlaps the data of {data} "
             f"({nblocks} blocks of {data_block_size} bytes)",
@@ -434,17 +437,19 @@ def verify(
     data_blocks: int | None = None,
     uuid: str | None = None,
     workers: int | None = None,
+    data_offset: int = 0,
 ) -> VerityResult:
     """Check `data` and its tree against `root_hash`, top level first.
 
     With a superblock the layout comes from it (options that contradict it are refused).
+    `data_offset` says where the data starts inside `data` (a partition of a disk image).
     Raises VerityError naming the first corrupted hash block (block number in the file that
     holds the tree, as the kernel counts) or data block.
     """
     data = Path(data)
     _check_workers(workers)
     parse_root_hash(root_hash)  # obviously malformed root hashes before any file access
-    size = _data_size(data)
+    size = max(0, _data_size(data) - data_offset)
     same = _same_file(data, Path(hash_path) if hash_path is not None else None)
     tree_file = data if same else Path(hash_path)  # type: ignore[arg-type]
     if not tree_file.is_file() and not tree_file.is_block_device():
@@ -494,8 +499,10 @@ def verify(
         nblocks,
         hash_offset,
         superblock,
+        data_offset,
     )
-    if same and lay.area_start < nblocks * data_block_size:
+    data_end = data_offset + nblocks * data_block_size
+    if same and lay.area_start < data_end and lay.end_byte > data_offset:
         raise InputError(f"hash offset {hash_offset} overlaps the data of {data}")
     verify_tree(data, tree_file, lay, root, workers)
     return VerityResult(

@@ -55,6 +55,7 @@ class Layout:
     data_blocks: int
     hash_offset: int
     superblock: bool
+    data_offset: int = 0  # where block 0 of the data starts in the data file (a DDI slot)
     digest_size: int = 0
     entry_size: int = 0  # bytes per digest inside a hash block
     per_block: int = 0  # digests per hash block
@@ -252,7 +253,7 @@ def _make_view_hasher(
 
 
 def _hash_task(args: tuple[Any, ...]) -> tuple[int, bytes]:
-    return args[1] // args[3], _hash_range(*args)
+    return args[0], _hash_range(*args[1:])
 
 
 def _task_blocks(lay: Layout) -> int:
@@ -283,8 +284,8 @@ def leaf_digests(path: Path, lay: Layout, workers: int | None) -> Iterator[tuple
     step = _task_blocks(lay)
     # A generator, not a list: the task list must not grow with the data either.
     tasks = (
-        (str(path), b * bs, min(step, lay.data_blocks - b), bs, lay.algorithm, lay.salt,
-         lay.hash_type, lay.entry_size)
+        (b, str(path), lay.data_offset + b * bs, min(step, lay.data_blocks - b), bs,
+         lay.algorithm, lay.salt, lay.hash_type, lay.entry_size)
         for b in range(0, lay.data_blocks, step)
     )  # fmt: skip
     nworkers = _nworkers(lay, workers)
@@ -379,7 +380,14 @@ def _leaf_child(data: Path, lay: Layout, fd: int, tasks_r: int, report_w: int, c
             first = _TASK.unpack(raw)[0] * step
             count = min(step, lay.data_blocks - first)
             digests = _hash_range(
-                str(data), first * bs, count, bs, lay.algorithm, lay.salt, lay.hash_type, es
+                str(data),
+                lay.data_offset + first * bs,
+                count,
+                bs,
+                lay.algorithm,
+                lay.salt,
+                lay.hash_type,
+                es,
             )
             if check:
                 stored = _entry_bytes(fd, data, lay, first, count)
@@ -527,6 +535,7 @@ def verify_tree(data: Path, tree_file: Path, lay: Layout, root: bytes, workers: 
     try:
         if lay.levels == 0:
             with open(data, "rb") as f:
+                f.seek(lay.data_offset)
                 block = f.read(lay.data_block_size)
             if hasher(block) != root:
                 raise _corrupt("data", 0, data, " or the root hash is wrong")

@@ -394,3 +394,29 @@ def test_worker_failures_reach_the_parent(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(InputError, match="died"):
         verity.create(data, tmp_path / "h", workers=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_data_at_an_offset(tmp_path: Path) -> None:
+    """Data inside a bigger file (a DDI's data slot): same tree as the data alone."""
+    rng = random.Random(7)
+    alone = random_file(tmp_path / "alone", 5 << 20, rng)
+    offset = 1 << 20
+    slot = tmp_path / "slot"
+    with open(slot, "wb") as f:
+        f.write(rng.randbytes(offset))  # what precedes the data must not count
+        f.write(alone.read_bytes())
+    kw = {"salt": bytes(32), "uuid": UUID}
+    want = verity.create(alone, tmp_path / "a.tree", **kw)
+    got = verity.create(slot, tmp_path / "s.tree", data_offset=offset, **kw)
+    assert got.root_hash == want.root_hash and got.data_blocks == want.data_blocks
+    assert (tmp_path / "a.tree").read_bytes() == (tmp_path / "s.tree").read_bytes()
+    for workers in (1, 2):
+        verity.verify(slot, tmp_path / "s.tree", got.root_hash, data_offset=offset, workers=workers)
+    with open(slot, "r+b") as f:
+        f.seek(offset + 3 * 4096 + 5)
+        f.write(b"\xff")
+    for workers in (1, 2):
+        with pytest.raises(verity_tree.VerityError, match="data block 3 "):
+            verity.verify(
+                slot, tmp_path / "s.tree", want.root_hash, data_offset=offset, workers=workers
+            )
