@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +29,11 @@ from acl_compose.run import run
 from acl_compose.sysext import ddi
 from acl_compose.sysext.bundle import (
     Bundle,
+    FileHashes,
     assemble,
     input_digest,
     load_bundle,
+    stat_fingerprint,
 )
 from acl_compose.sysext.contents import origin_resolver, record_tree
 from acl_compose.sysext.policy import enforce
@@ -60,11 +63,12 @@ def derived_uuid(digest: str, purpose: str) -> str:
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
-def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str) -> None:
+def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: int = 0) -> None:
     """mkfs.erofs / mksquashfs with every source of nondeterminism pinned.
 
     Timestamps: fixed to 0 (and the tree's mtimes are 0 too); owners: root; xattrs of the
     build directory (e.g. SELinux labels) are not stored; the UUID comes from the digest.
+    `offset` (squashfs only) writes the filesystem that far into `out`: a DDI's data slot.
     """
     if bundle.filesystem == "erofs":
         argv = [
@@ -77,9 +81,12 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str) -> None:
         ]
         if bundle.compression != "none":
             argv.append(f"-z{bundle.compression}")
+        assert not offset, "mkfs.erofs 1.5 cannot write at an offset"
         run([*argv, out, tree])
     else:
         argv = ["mksquashfs", tree, out, "-noappend", "-all-root", "-reproducible"]
+        if offset:
+            argv += ["-offset", str(offset)]
         argv += ["-mkfs-time", "0", "-all-time", "0", "-no-xattrs", "-quiet", "-no-progress"]
         if bundle.compression == "none":
             argv += ["-noI", "-noD", "-noF", "-noX"]
@@ -91,19 +98,20 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str) -> None:
 # ---------------------------------------------------------------- build
 @dataclass
 class _Built:
-    """A cached, unsigned build product: filesystem image + verity tree."""
+    """An unsigned build product: a filesystem and its verity tree, each an extent of a file.
+
+    A fresh build has them in scratch files (fs.img, verity.img) that the output may take
+    over; a cache entry keeps whatever the first output was (a DDI with both inside it, or
+    the two raw files), hard-linked, and records the offsets in meta.json.
+    """
 
     directory: Path
     root_hash: str
+    fs: ddi.Extent
+    tree: ddi.Extent
+    meta: dict[str, Any]
+    fresh: bool
     contents: list[dict[str, Any]]
-
-    @property
-    def fs(self) -> Path:
-        return self.directory / "fs.img"
-
-    @property
-    def tree(self) -> Path:
-        return self.directory / "verity.img"
 
 
 def _download(cache_dir: Path | None):  # noqa: ANN202 - a Downloader
@@ -115,69 +123,184 @@ def _download(cache_dir: Path | None):  # noqa: ANN202 - a Downloader
     return download
 
 
-def _build_unsigned(bundle: Bundle, cache_dir: Path | None, scratch: Path) -> _Built:
-    extra = {"cache_format": CACHE_FORMAT, "mkfs": tool_version(bundle.filesystem)}
-    if cache_dir is None:
-        digest = input_digest(bundle, extra)
-    else:
-        memo_file = (
-            cache_dir
-            / "sysext"
-            / "memo"
-            / (hashlib.sha256(str(bundle.directory.resolve()).encode()).hexdigest()[:32] + ".json")
+class _Digest:
+    """The bundle's input digest (the cache key), from the memo when the bundle's stat
+    fingerprint is the one recorded after the last build, else hashed in a thread (hashlib
+    and reads release the GIL) while the tree is assembled."""
+
+    def __init__(self, bundle: Bundle, extra: dict[str, Any], cache_dir: Path | None) -> None:
+        self._bundle, self._extra = bundle, extra
+        self._value: str | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._memo_file: Path | None = None
+        self._files: dict[str, str] = {}
+        self.file_hashes: FileHashes = {}  # what the hashing pass read, for record_tree
+        old: dict[str, Any] = {}
+        if cache_dir is not None:
+            key = hashlib.sha256(str(bundle.directory.resolve()).encode()).hexdigest()[:32]
+            self._memo_file = cache_dir / "sysext" / "memo" / f"{key}.json"
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads(self._memo_file.read_text())
+                old = loaded if isinstance(loaded, dict) and "files" in loaded else {}
+        self._before = stat_fingerprint(bundle, extra)
+        self.known = self._before is not None and old.get("fingerprint") == self._before.full
+        files = old.get("files") if isinstance(old.get("files"), dict) else {}
+        if self.known:  # nothing to hash
+            self._value = str(old["digest"])
+            self._files = files
+            return
+
+        def run() -> None:
+            try:
+                memo = _MemoView(files, self._files)
+                self._value = input_digest(bundle, extra, memo, self.file_hashes)
+            except BaseException as e:  # noqa: BLE001 - raised by value()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="sysext-digest", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def value(self) -> str:
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+    def remember(self) -> None:
+        """After the build (and its hard links into scratch) is over: record the bundle's
+        fingerprint as it is now, if nothing but ctimes changed since it was read."""
+        if self._memo_file is None or self._before is None:
+            return
+        after = stat_fingerprint(self._bundle, self._extra)
+        if after is None or after.without_ctime != self._before.without_ctime:
+            return  # changed while being built: hash it again next time
+        if self.known and after.full == self._before.full:
+            return  # a cache hit: nothing was linked, nothing changed
+        memo = {"fingerprint": after.full, "digest": self.value(), "files": self._files}
+        self._memo_file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self._memo_file) as f:
+            f.write(json.dumps(memo).encode())
+
+
+# Entries written before they recorded extents hold the two files whole.
+_OLD_LAYOUT = {"fs": "fs.img", "tree": "verity.img"}
+
+
+def _extent(entry: Path, meta: dict[str, Any], role: str, old_name: str) -> ddi.Extent:
+    where = meta.get(role)
+    if where is None:
+        return ddi.Extent.of(entry / old_name)
+    return ddi.Extent(entry / where["file"], int(where["offset"]), int(where["size"]))
+
+
+def _entry(final: Path | None) -> _Built | None:
+    """A verified cache entry, or None (a corrupt one is removed)."""
+    if final is None or not (final / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((final / "meta.json").read_text())
+        fs, tree = (_extent(final, meta, role, name) for role, name in _OLD_LAYOUT.items())
+        # Verify before use: what gets signed must be what was built. (The files may be
+        # hard links of earlier outputs, which a user could have changed.)
+        verity.verify(
+            fs.path, tree.path, meta["root_hash"], hash_offset=tree.offset, data_offset=fs.offset
         )
-        try:
-            memo = json.loads(memo_file.read_text())
-        except (OSError, ValueError):
-            memo = {}
-        memo = memo if isinstance(memo, dict) else {}
-        fresh: dict[str, str] = {}
-        digest = input_digest(bundle, extra, _MemoView(memo, fresh))
-        if fresh.keys() != memo.keys():  # keep only this bundle's current files
-            memo_file.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_file(memo_file) as f:
-                f.write(json.dumps(fresh).encode())
-    final = cache_dir / "sysext" / digest if cache_dir is not None else None
-    if final is not None and (final / "meta.json").is_file():
-        try:
-            meta = json.loads((final / "meta.json").read_text())
-            # Verify before use: what gets signed must be what was built.
-            verity.verify(final / "fs.img", final / "verity.img", meta["root_hash"])
-            return _Built(final, meta["root_hash"], meta["contents"])
-        except (OSError, ValueError, KeyError, AclComposeError) as e:
-            ui.warn(f"discarding corrupt sysext cache entry {final}: {e}")
-            shutil.rmtree(final, ignore_errors=True)
+        return _Built(final, meta["root_hash"], fs, tree, meta, False, meta["contents"])
+    except (OSError, ValueError, KeyError, TypeError, AclComposeError) as e:
+        ui.warn(f"discarding corrupt sysext cache entry {final}: {e}")
+        shutil.rmtree(final, ignore_errors=True)
+        return None
+
+
+def _build_unsigned(
+    bundle: Bundle, cache_dir: Path | None, scratch: Path, digest: _Digest, fmt: str
+) -> _Built:
+    if digest.known:
+        hit = _entry(cache_dir / "sysext" / digest.value() if cache_dir is not None else None)
+        if hit is not None:
+            return hit
     work = Path(tempfile.mkdtemp(prefix="build.", dir=scratch))
-    tree = work / "tree"
-    tree.mkdir()
-    os.chmod(tree, 0o755)
-    origin = assemble(bundle, tree, _download(cache_dir))
-    enforce(
-        tree,
-        allow_package_manager=bundle.allow_package_manager,
-        origin=origin,
-        label=str(bundle.manifest),
-    )
-    # What goes in, file by file with its origin, for the SBOM (sysext.contents).
-    contents = record_tree(tree, origin_resolver(bundle, origin))
-    make_filesystem(bundle, tree, work / "fs.img", digest)
+    try:
+        tree = work / "tree"
+        tree.mkdir()
+        os.chmod(tree, 0o755)
+        origin = assemble(bundle, tree, _download(cache_dir))
+        enforce(
+            tree,
+            allow_package_manager=bundle.allow_package_manager,
+            origin=origin,
+            label=str(bundle.manifest),
+        )
+    finally:
+        digest.wait()  # the hashing thread must be done before verity forks
+    key = digest.value()
+    # What goes in, file by file with its origin, for the SBOM (sysext.contents); the files'
+    # hashes come from the digest's pass over the bundle where it made one.
+    contents = record_tree(tree, origin_resolver(bundle, origin), digest.file_hashes)
+    if not digest.known:
+        hit = _entry(cache_dir / "sysext" / key if cache_dir is not None else None)
+        if hit is not None:
+            shutil.rmtree(work, ignore_errors=True)
+            return hit
+    # mksquashfs can write straight into a DDI's data slot; mkfs.erofs 1.5 only at offset 0,
+    # so an erofs filesystem is copied into the DDI once, in the kernel (ddi.write).
+    offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
+    image = work / ("image.ddi" if offset else "fs.img")
+    make_filesystem(bundle, tree, image, key, offset)
     shutil.rmtree(tree)
     # Salt and verity UUID derive from the inputs: same bundle, same hash tree, same bytes.
-    salt = hashlib.sha256(f"acl-compose verity salt\0{digest}".encode()).digest()
+    salt = hashlib.sha256(f"acl-compose verity salt\0{key}".encode()).digest()
     result = verity.create(
-        work / "fs.img", work / "verity.img", salt=salt, uuid=derived_uuid(digest, "verity")
+        image,
+        work / "verity.img",
+        salt=salt,
+        uuid=derived_uuid(key, "verity"),
+        data_offset=offset,
     )
-    meta = {"root_hash": result.root_hash, "digest": digest, "verity": result.to_json(),
+    meta = {"root_hash": result.root_hash, "digest": key, "verity": result.to_json(),
             "contents": contents}  # fmt: skip
-    (work / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    if final is None:
-        return _Built(work, result.root_hash, contents)
+    fs = ddi.Extent(image, offset, os.stat(image).st_size - offset)
+    tree_file = ddi.Extent.of(work / "verity.img")
+    return _Built(work, result.root_hash, fs, tree_file, meta, True, contents)
+
+
+def _keep(built: _Built, cache_dir: Path | None, fs: ddi.Extent, tree: ddi.Extent) -> None:
+    """Record a fresh build in the cache by hard-linking the output's files (no copies).
+
+    `fs` and `tree` say where the filesystem and the tree are in the files just written: one
+    DDI holding both, or the raw pair.
+    """
+    if cache_dir is None or not built.fresh:
+        return
+    final = cache_dir / "sysext" / built.meta["digest"]
+    entry = Path(tempfile.mkdtemp(prefix="entry.", dir=built.directory.parent))
+    meta = dict(built.meta)
+    one = fs.path == tree.path
+    for role, extent in (("fs", fs), ("tree", tree)):
+        name = "image.ddi" if one else f"{role}.img"
+        if not (entry / name).exists():
+            _link_or_copy(extent.path, entry / name)
+        meta[role] = {"file": name, "offset": extent.offset, "size": extent.size}
+    (entry / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(work, final)
-    except OSError:  # another build won the race; use its identical result
-        shutil.rmtree(work, ignore_errors=True)
-    return _Built(final, result.root_hash, contents)
+        os.replace(entry, final)
+    except OSError:  # another build won the race; its result is identical
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem, or links not permitted
+        shutil.copyfile(src, dest)
 
 
 class _MemoView(dict):
@@ -236,8 +359,10 @@ def build(
     scratch_parent = cache / "sysext" if cache is not None else out_dir.parent / ".acl-sysext-tmp"
     scratch_parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".sysext-", dir=scratch_parent))
+    extra = {"cache_format": CACHE_FORMAT, "mkfs": tool_version(bundle.filesystem)}
+    digest = _Digest(bundle, extra, cache)
     try:
-        built = _build_unsigned(bundle, cache, scratch)
+        built = _build_unsigned(bundle, cache, scratch, digest, fmt)
         out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed build leaves nothing
         root_hash = built.root_hash
         signature = fingerprint = None
@@ -263,29 +388,71 @@ def build(
                 sig_json = ddi.signature_json(
                     root_hash, fingerprint or "", base64.b64encode(signature).decode()
                 )
-            # Written beside the output (same filesystem) and renamed: never half-written.
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out_dir)
-            os.close(fd)
-            tmp = Path(tmp_name)
-            try:
-                _, result["sha256"] = ddi.write(
-                    tmp, built.fs, built.tree, root_hash, bundle.architecture, sig_json
-                )
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
+            result["sha256"] = _write_ddi(out, built, bundle.architecture, sig_json, cache)
         else:
-            result.update(_write_raw(out, built, root_hash, signature))
-        return result
+            result.update(_write_raw(out, built, root_hash, signature, cache))
     finally:
+        digest.wait()
         shutil.rmtree(scratch, ignore_errors=True)
         if cache is None:
             with contextlib.suppress(OSError):
                 scratch_parent.rmdir()
+    digest.remember()
+    return result
 
 
-def _write_raw(out: Path, built: _Built, root_hash: str, signature: bytes | None) -> dict[str, Any]:
+def _write_ddi(
+    out: Path, built: _Built, arch: str, sig_json: bytes | None, cache: Path | None
+) -> str:
+    """The DDI at `out`, atomically; returns its sha256.
+
+    A fresh build assembles it in scratch (around a squashfs written into its slot, or with
+    the erofs image copied in the kernel) and the cache keeps a hard link of it: one image
+    on disk for both. From the cache the extents are copied in the kernel.
+    """
+    if not built.fresh:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            _, sha256 = ddi.write(tmp, built.fs, built.tree, built.root_hash, arch, sig_json)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, out)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return sha256
+    image = built.directory / "image.ddi"
+    if built.fs.path == image:  # already in its slot
+        disk, sha256 = ddi.write_around(
+            image, built.fs.size, built.tree, built.root_hash, arch, sig_json
+        )
+    else:
+        disk, sha256 = ddi.write(image, built.fs, built.tree, built.root_hash, arch, sig_json)
+        built.fs.path.unlink()  # the copy in the DDI is the one kept
+    os.chmod(image, 0o644)
+    data, tree = disk.by_number(1), disk.by_number(2)
+    fs_at = ddi.Extent(image, data.offset, built.fs.size)
+    _keep(built, cache, fs_at, ddi.Extent(image, tree.offset, built.tree.size))
+    _place(image, out)
+    return sha256
+
+
+def _place(src: Path, out: Path) -> None:
+    """Move (or link) a finished file to `out` atomically; a copy across filesystems."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_raw(
+    out: Path, built: _Built, root_hash: str, signature: bytes | None, cache: Path | None
+) -> dict[str, Any]:
     """NAME.raw + NAME.verity + NAME.roothash (+ NAME.roothash.p7s): systemd's side-file names."""
     stem = out.with_suffix("")
     side = {
@@ -293,10 +460,24 @@ def _write_raw(out: Path, built: _Built, root_hash: str, signature: bytes | None
         "roothash": Path(f"{stem}.roothash"),
         "roothash_p7s": Path(f"{stem}.roothash.p7s"),
     }
-    with atomic_file(side["verity"]) as f, open(built.tree, "rb") as src:
-        shutil.copyfileobj(src, f, 1 << 20)
-    with atomic_file(out) as f, open(built.fs, "rb") as src:
-        shutil.copyfileobj(src, f, 1 << 20)
+    if built.fresh:
+        fs, tree = built.fs.path, built.tree.path
+        for p in (fs, tree):
+            os.chmod(p, 0o644)
+        _keep(built, cache, built.fs, built.tree)
+    else:  # out of the cache entry (perhaps a DDI): copy the extents in the kernel
+        fs = out.with_name(f".{out.name}.{os.getpid()}.fs")
+        tree = out.with_name(f".{out.name}.{os.getpid()}.verity")
+        for extent, dest in ((built.fs, fs), (built.tree, tree)):
+            ddi.copy_to_file(extent, dest)
+    try:
+        sha256 = sha256_file(fs)
+        _place(tree, side["verity"])
+        _place(fs, out)
+    finally:
+        if not built.fresh:
+            fs.unlink(missing_ok=True)
+            tree.unlink(missing_ok=True)
     with atomic_file(side["roothash"]) as f:
         f.write(root_hash.encode() + b"\n")
     if signature is not None:
@@ -305,4 +486,4 @@ def _write_raw(out: Path, built: _Built, root_hash: str, signature: bytes | None
     else:
         side["roothash_p7s"].unlink(missing_ok=True)  # a stale signature would not match
         del side["roothash_p7s"]
-    return {"sha256": sha256_file(out), "side_files": {k: str(v) for k, v in side.items()}}
+    return {"sha256": sha256, "side_files": {k: str(v) for k, v in side.items()}}

@@ -17,7 +17,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -266,22 +266,26 @@ def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest:
 
 
 # ---------------------------------------------------------------- hashing the inputs
-def input_digest(bundle: Bundle, extra: dict[str, Any], memo: dict[str, str] | None = None) -> str:
+# (device, inode, size, mtime) -> (sha1, sha256) of files read by one input_digest call.
+FileHashes = dict[tuple[int, int, int, int], tuple[str, str]]
+
+
+def input_digest(
+    bundle: Bundle,
+    extra: dict[str, Any],
+    memo: dict[str, str] | None = None,
+    file_hashes: FileHashes | None = None,
+) -> str:
     """A sha256 over everything that determines the image: fields, file bytes, modes, links.
 
     Used as the build cache key and the seed of the verity salt and filesystem UUID.
     `memo` maps a file's identity (device, inode, size, mtime, ctime) to its content hash,
     so an unchanged bundle is not re-read on every build; it is updated in place.
+    `file_hashes`, when given, collects each file read with its SHA-1 as well (the SBOM's
+    per-file hashes, sysext.contents), so the build reads each file once.
     """
     h = hashlib.sha256()
-    fields = {
-        k: v
-        for k, v in vars(bundle).items()
-        if k not in ("directory", "manifest", "files", "description")
-    }
-    fields["files"] = [(f.path, f.source, f.value, f.sha256, f.mode) for f in bundle.files]
-    fields.update(extra)
-    h.update(json.dumps(fields, sort_keys=True, default=str).encode())
+    h.update(_fields_json(bundle, extra))
     for f in bundle.files:
         if f.source != "from":
             continue
@@ -299,24 +303,80 @@ def input_digest(bundle: Bundle, extra: dict[str, Any], memo: dict[str, str] | N
             if stat.S_ISLNK(st.st_mode):
                 h.update(os.readlink(p).encode())
             elif stat.S_ISREG(st.st_mode):
-                h.update(_file_sha256(p, st, memo).encode())
+                h.update(_file_sha256(p, st, memo, file_hashes).encode())
             elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
                 h.update(str(st.st_rdev).encode())
     return h.hexdigest()
 
 
-def _file_sha256(path: str, st: os.stat_result, memo: dict[str, str] | None) -> str:
+def _fields_json(bundle: Bundle, extra: dict[str, Any]) -> bytes:
+    fields = {
+        k: v
+        for k, v in vars(bundle).items()
+        if k not in ("directory", "manifest", "files", "description")
+    }
+    fields["files"] = [(f.path, f.source, f.value, f.sha256, f.mode) for f in bundle.files]
+    fields.update(extra)
+    return json.dumps(fields, sort_keys=True, default=str).encode()
+
+
+# Sources whose content the fingerprint below covers: by stat (from), or by value in sysext.yaml.
+_FINGERPRINTED = {"from", "inline", "symlink", "url"}
+
+
+class Fingerprint(NamedTuple):
+    full: str  # fields + every source's stat identity, ctime included
+    without_ctime: str  # the same without ctime, which the build's own hard links change
+
+
+def stat_fingerprint(bundle: Bundle, extra: dict[str, Any]) -> Fingerprint | None:
+    """A cheap stand-in for input_digest: the same fields plus every source file's stat identity
+    (device, inode, size, mtime, ctime, mode; link targets), no file contents.
+
+    Equal `full` fingerprints mean unchanged inputs (ctime cannot be set back by `touch`, so
+    any rewrite shows). None when the bundle has a kind of source it does not cover.
+    """
+    if any(f.source not in _FINGERPRINTED for f in bundle.files):
+        return None
+    full = hashlib.sha256(_fields_json(bundle, extra))
+    loose = full.copy()
+    for f in bundle.files:
+        if f.source != "from":
+            continue
+        src = os.fspath(_source_path(bundle, f))
+        for rel, st in walk_sorted(src):
+            ident = (
+                f"\0{f.path}\0{rel}\0{st.st_mode:o}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
+                f"{st.st_mtime_ns}:{st.st_rdev}\0"
+            )
+            if stat.S_ISLNK(st.st_mode):
+                ident += os.readlink(f"{src}/{rel}" if rel else src)
+            loose.update(ident.encode())
+            full.update(f"{ident}\0{st.st_ctime_ns}".encode())
+    return Fingerprint(full.hexdigest(), loose.hexdigest())
+
+
+def _file_sha256(
+    path: str, st: os.stat_result, memo: dict[str, str] | None, file_hashes: FileHashes | None
+) -> str:
     # ctime cannot be set back by `touch`, so a rewritten file always gets a new identity.
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
     if memo is not None and ident in memo:
         return memo[ident]
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
+    h1 = hashlib.sha1(usedforsecurity=False) if file_hashes is not None else None
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            if h1 is not None:
+                h1.update(view[:n])
     digest = h.hexdigest()
     if memo is not None:
         memo[ident] = digest
+    if file_hashes is not None and h1 is not None:
+        file_hashes[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = (h1.hexdigest(), digest)
     return digest
 
 

@@ -86,8 +86,16 @@ def origin_resolver(bundle: Bundle, origin: dict[str, str]) -> Any:
     return resolve
 
 
-def record_tree(tree: str | os.PathLike[str], resolve: Any | None = None) -> list[dict[str, Any]]:
-    """Regular files and symlinks under `tree`, sorted by path (directories are implied)."""
+def record_tree(
+    tree: str | os.PathLike[str],
+    resolve: Any | None = None,
+    known: dict[tuple[int, int, int, int], tuple[str, str]] | None = None,
+) -> list[dict[str, Any]]:
+    """Regular files and symlinks under `tree`, sorted by path (directories are implied).
+
+    `known`: (device, inode, size, mtime) -> (sha1, sha256) of files already read (the tree
+    hard-links bundle files, so the build's digest pass has hashed most of them).
+    """
     top = os.fspath(tree)
     out: list[dict[str, Any]] = []
     for rel, st in walk_sorted(top):
@@ -97,7 +105,8 @@ def record_tree(tree: str | os.PathLike[str], resolve: Any | None = None) -> lis
         full = f"{top}/{rel}"
         item: dict[str, Any] = {"path": path, "mode": f"{stat.S_IMODE(st.st_mode):04o}"}
         if stat.S_ISREG(st.st_mode):
-            sha1, sha256 = _hashes(full)
+            hit = known.get((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)) if known else None
+            sha1, sha256 = hit or _hashes(full)
             item.update(type="file", size=st.st_size, sha1=sha1, sha256=sha256)
         elif stat.S_ISLNK(st.st_mode):
             item.update(type="symlink", target=os.readlink(full))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from acl_compose.image import gpt
 
 ALIGN = 4096
 FIRST_LBA = 2048  # 1 MiB, the conventional first partition offset
+DATA_OFFSET = FIRST_LBA * gpt.SECTOR  # where the filesystem starts
 SIG_SIZE = 16 * 1024
 CHUNK = 4 << 20  # systemd-repart's size for the signature partition
 GPT_MAGIC = b"EFI PART"
@@ -56,25 +58,47 @@ def signature_json(root_hash: str, fingerprint: str, signature_b64: str) -> byte
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def write(
-    out: str | os.PathLike[str],
-    fs_image: str | os.PathLike[str],
-    verity_tree: str | os.PathLike[str],
-    root_hash: str,
-    architecture: str,
-    sig_json: bytes | None = None,
-) -> tuple[gpt.Disk, str]:
-    """Write the DDI to `out` (a new file): GPT + data + verity (+ signature) partitions.
+@dataclass(frozen=True)
+class Extent:
+    """`size` bytes at `offset` of `path`: a filesystem or tree, alone or inside a DDI."""
 
-    Returns the GPT and the sha256 of the whole image file.
-    """
+    path: Path
+    offset: int
+    size: int
+
+    @classmethod
+    def of(cls, src: str | os.PathLike[str] | Extent) -> Extent:
+        if isinstance(src, Extent):
+            return src
+        return cls(Path(src), 0, os.stat(src).st_size)
+
+
+@dataclass
+class Plan:
+    """Where everything goes in a DDI for a filesystem and tree of given sizes."""
+
+    parts: list[gpt.Partition]
+    disk_guid: str
+    total: int
+
+    @property
+    def data(self) -> gpt.Partition:
+        return self.parts[0]
+
+    @property
+    def verity(self) -> gpt.Partition:
+        return self.parts[1]
+
+
+def plan(
+    fs_size: int, tree_size: int, root_hash: str, architecture: str, sig_size: int | None
+) -> Plan:
+    """The GPT of a DDI: data, verity (and signature, `sig_size` bytes of JSON) partitions,
+    one after the other."""
     ids = partition_uuids(root_hash)
-    sizes = [
-        ("data", gpt.align_up(os.stat(fs_image).st_size, ALIGN)),
-        ("verity", gpt.align_up(os.stat(verity_tree).st_size, ALIGN)),
-    ]
-    if sig_json is not None:
-        sizes.append(("sig", max(SIG_SIZE, gpt.align_up(len(sig_json), ALIGN))))
+    sizes = [("data", gpt.align_up(fs_size, ALIGN)), ("verity", gpt.align_up(tree_size, ALIGN))]
+    if sig_size is not None:
+        sizes.append(("sig", max(SIG_SIZE, gpt.align_up(sig_size, ALIGN))))
     suffix = {"data": "", "verity": "-verity", "sig": "-verity-sig"}
     parts = []
     lba = FIRST_LBA
@@ -95,40 +119,114 @@ def write(
         lba += sectors
     # Backup GPT: 32 entry sectors + header after the last partition, rounded to 4 KiB.
     total = gpt.align_up((lba + 1 + gpt.ENTRIES_SECTORS) * gpt.SECTOR, ALIGN)
-    out = Path(out)
-    with open(out, "wb") as f:
-        f.truncate(total)
-    disk = gpt.write(out, parts, ids["disk"], total)
-    # One sequential pass writes the partitions and hashes the whole image on the way,
-    # so the result's sha256 costs no second read of a large image.
+    return Plan(parts, ids["disk"], total)
+
+
+def write(
+    out: str | os.PathLike[str],
+    fs_image: str | os.PathLike[str] | Extent,
+    verity_tree: str | os.PathLike[str] | Extent,
+    root_hash: str,
+    architecture: str,
+    sig_json: bytes | None = None,
+) -> tuple[gpt.Disk, str]:
+    """Write the DDI to `out` (a new file): GPT + data + verity (+ signature) partitions.
+
+    The filesystem and tree are copied in the kernel (copy_file_range). Returns the GPT and
+    the sha256 of the whole image file.
+    """
+    fs, tree = Extent.of(fs_image), Extent.of(verity_tree)
+    p = plan(fs.size, tree.size, root_hash, architecture, _len(sig_json))
+    fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _copy_into(fd, p.data, fs)
+        _copy_into(fd, p.verity, tree)
+        return _finish(Path(out), fd, p, sig_json)
+    finally:
+        os.close(fd)
+
+
+def write_around(
+    image: str | os.PathLike[str],
+    fs_size: int,
+    verity_tree: str | os.PathLike[str] | Extent,
+    root_hash: str,
+    architecture: str,
+    sig_json: bytes | None = None,
+) -> tuple[gpt.Disk, str]:
+    """Complete a DDI whose filesystem is already in its slot at DATA_OFFSET (mksquashfs
+    -offset writes it there): the tree goes after it, then the signature and both GPTs.
+    No copy of the filesystem; the result is byte for byte what write() makes."""
+    tree = Extent.of(verity_tree)
+    p = plan(fs_size, tree.size, root_hash, architecture, _len(sig_json))
+    assert p.data.offset == DATA_OFFSET
+    fd = os.open(image, os.O_RDWR)
+    try:
+        os.ftruncate(fd, DATA_OFFSET + fs_size)  # nothing of the slot's padding may be left
+        _copy_into(fd, p.verity, tree)
+        return _finish(Path(image), fd, p, sig_json)
+    finally:
+        os.close(fd)
+
+
+def _len(sig_json: bytes | None) -> int | None:
+    return None if sig_json is None else len(sig_json)
+
+
+def _copy_into(fd: int, part: gpt.Partition, src: Extent) -> None:
+    """Copy `src` into the partition's slot (the rest of the slot stays zero)."""
+    if src.size > part.size:
+        raise InputError(f"{src.path} does not fit partition {part.name}")
+    copy_extent(src, fd, part.offset)
+
+
+def copy_extent(src: Extent, fd: int, dst_offset: int) -> None:
+    """Copy `src` to `dst_offset` of `fd`, in the kernel (copy_file_range) where it can."""
+    with open(src.path, "rb", buffering=0) as s:
+        done = 0
+        while done < src.size:
+            try:
+                n = os.copy_file_range(
+                    s.fileno(), fd, src.size - done, src.offset + done, dst_offset + done
+                )
+            except OSError:  # e.g. across filesystems on older kernels: copy by hand
+                n = 0
+            if n == 0:
+                chunk = os.pread(s.fileno(), min(CHUNK, src.size - done), src.offset + done)
+                if not chunk:
+                    raise InputError(f"{src.path}: shorter than expected")
+                n = os.pwrite(fd, chunk, dst_offset + done)
+            done += n
+
+
+def copy_to_file(src: Extent, dest: str | os.PathLike[str]) -> None:
+    """`src` as a new file `dest` (mode 0644)."""
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        copy_extent(src, fd, 0)
+    finally:
+        os.close(fd)
+
+
+def _finish(path: Path, fd: int, p: Plan, sig_json: bytes | None) -> tuple[gpt.Disk, str]:
+    """Size the file, write the signature partition and both GPTs; sha256 of the result."""
+    os.ftruncate(fd, p.total)  # zero-extends: partition padding and the gaps read as zeros
+    if sig_json is not None:
+        os.pwrite(fd, sig_json.ljust(p.parts[2].size, b"\0"), p.parts[2].offset)
+    disk = gpt.write(path, p.parts, p.disk_guid, p.total)
+    return disk, _sha256(fd, p.total)
+
+
+def _sha256(fd: int, size: int) -> str:
+    """sha256 of the first `size` bytes, read through mmap (no copy out of the page cache)."""
     h = hashlib.sha256()
-    with open(out, "r+b") as f:
-        h.update(os.pread(f.fileno(), parts[0].offset, 0))
-        for part, src in zip(parts, (fs_image, verity_tree), strict=False):
-            _stream_into(f.fileno(), part, Path(src), h)
-        if sig_json is not None:
-            blob = sig_json.ljust(parts[2].size, b"\0")
-            os.pwrite(f.fileno(), blob, parts[2].offset)
-            h.update(blob)
-        end = parts[-1].offset + parts[-1].size
-        h.update(os.pread(f.fileno(), total - end, end))
-    return disk, h.hexdigest()
+    if size:
+        with mmap.mmap(fd, size, mmap.MAP_SHARED | _MAP_POPULATE, mmap.PROT_READ) as m:
+            h.update(m)
+    return h.hexdigest()
 
 
-def _stream_into(fd: int, part: gpt.Partition, src: Path, h: hashlib._Hash) -> None:
-    """Copy `src` to the partition, zero-padding it to the partition size; hash what lands."""
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    pos = part.offset
-    with open(src, "rb", buffering=0) as s:
-        while n := s.readinto(buf):
-            os.pwrite(fd, view[:n], pos)
-            h.update(view[:n])
-            pos += n
-    pad = part.offset + part.size - pos
-    if pad < 0:
-        raise InputError(f"{src} does not fit partition {part.name}")
-    h.update(bytes(pad))  # the file was truncated to size: the padding is already zero
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 @dataclass

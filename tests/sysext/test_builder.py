@@ -288,9 +288,10 @@ def test_cache_reuses_filesystem(tmp_path: Path, cache_dir: Path, keys: dict) ->
     assert list((cache_dir / "sysext").iterdir()) == entries  # no new build
     assert r1["root_hash"] == r2["root_hash"] and r2["signed"] and not r1["signed"]
     # A corrupted cache entry is detected and rebuilt, never signed.
-    (entry,) = [p for p in entries if (p / "fs.img").exists()]
-    with open(entry / "fs.img", "r+b") as f:
-        f.seek(5000)
+    (entry,) = [p for p in entries if (p / "meta.json").exists()]
+    fs = json.loads((entry / "meta.json").read_text())["fs"]
+    with open(entry / fs["file"], "r+b") as f:
+        f.seek(fs["offset"] + 5000)
         f.write(b"X")
     r3 = sysext.build(
         bundle, tmp_path / "c", key=keys["key"], cert=keys["cert"], cache_dir=cache_dir
@@ -502,3 +503,120 @@ def test_ec_signed_ddi_is_reproducible_and_accepted_by_systemd(tmp_path: Path) -
     assert _dissect(Path(runs[0]["path"]))["mounts"][0]["verity"] == "signed"
     copied, log = _dissect_with_verity_d(Path(runs[0]["path"]), cert, "azure-base")
     assert copied or "Userspace PKCS#7 validation succeeded" in log, log
+
+
+@pytest.mark.parametrize("filesystem", ["erofs", "squashfs"])
+def test_cold_build_keeps_one_image_and_warm_builds_match(
+    tmp_path: Path, cache_dir: Path, keys: dict, filesystem: str
+) -> None:
+    """The cache keeps a hard link of the first output (one image on disk, no copy); builds
+    from that entry, in either format, are byte for byte what a cold build makes."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "sysext" / "aks-node", bundle)
+    manifest = bundle / "sysext.yaml"
+    manifest.write_text(manifest.read_text() + f"filesystem: {filesystem}\n")
+    sign = {"key": keys["key"], "cert": keys["cert"]}
+    cold = sysext.build(bundle, tmp_path / "cold", cache_dir=cache_dir, **sign)
+    (entry,) = [p for p in (cache_dir / "sysext").iterdir() if (p / "meta.json").exists()]
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["fs"]["file"] == meta["tree"]["file"] == "image.ddi"
+    assert meta["fs"]["offset"] == ddi.DATA_OFFSET
+    assert os.stat(cold["path"]).st_ino == (entry / "image.ddi").stat().st_ino
+    assert not list((cache_dir / "sysext").glob(".sysext-*"))  # scratch is gone
+    warm = sysext.build(bundle, tmp_path / "warm", cache_dir=cache_dir, **sign)
+    assert Path(warm["path"]).read_bytes() == Path(cold["path"]).read_bytes()
+    assert os.stat(warm["path"]).st_ino != os.stat(cold["path"]).st_ino
+    raw_warm = sysext.build(bundle, tmp_path / "rw", cache_dir=cache_dir, fmt="raw", **sign)
+    raw_cold = sysext.build(bundle, tmp_path / "rc", cache_dir=tmp_path / "c2", fmt="raw", **sign)
+    assert raw_warm["sha256"] == raw_cold["sha256"]
+    for suffix in (".raw", ".verity", ".roothash"):
+        a, b = (tmp_path / d / f"aks-node{suffix}" for d in ("rw", "rc"))
+        assert a.read_bytes() == b.read_bytes(), suffix
+    # The filesystem in the DDI is the one in the raw build.
+    part = gpt.read(cold["path"]).by_number(1)
+    with open(cold["path"], "rb") as f:
+        f.seek(part.offset)
+        fs = (tmp_path / "rc" / "aks-node.raw").read_bytes()
+        assert f.read(len(fs)) == fs
+    # A raw cold build is cached as its own pair; a DDI made from it matches too.
+    cache3 = tmp_path / "c3"
+    sysext.build(bundle, tmp_path / "r3", cache_dir=cache3, fmt="raw", **sign)
+    again = sysext.build(bundle, tmp_path / "d3", cache_dir=cache3, **sign)
+    assert again["sha256"] == cold["sha256"]
+
+
+def test_changed_output_is_not_trusted_as_cache(
+    tmp_path: Path, cache_dir: Path, keys: dict
+) -> None:
+    """The cache shares the first output's inode: editing that output must not reach the
+    next signed build."""
+    bundle = REPO / "sysext" / "aks-node"
+    sign = {"key": keys["key"], "cert": keys["cert"]}
+    first = sysext.build(bundle, tmp_path / "a", cache_dir=cache_dir, **sign)
+    part = gpt.read(first["path"]).by_number(1)
+    with open(first["path"], "r+b") as f:
+        f.seek(part.offset + 8192)
+        f.write(b"tampered")
+    second = sysext.build(bundle, tmp_path / "b", cache_dir=cache_dir, **sign)
+    assert second["sha256"] == first["sha256"]  # rebuilt: what was built, not what was edited
+    assert b"tampered" not in Path(second["path"]).read_bytes()
+
+
+def test_stat_fingerprint_skips_hashing(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unchanged bundle is not read again; any rewrite, even one that keeps size and
+    mtime, is noticed (ctime) and hashed."""
+    from acl_compose.sysext import builder
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "sysext" / "aks-node", bundle)
+    calls: list[str] = []
+    real = builder.input_digest
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append("hash")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "input_digest", counting)
+    first = sysext.build(bundle, tmp_path / "o1", cache_dir=cache_dir)
+    assert calls == ["hash"]
+    again = sysext.build(bundle, tmp_path / "o2", cache_dir=cache_dir)
+    assert calls == ["hash"] and again["sha256"] == first["sha256"]
+    # Same size, same mtime, new content.
+    conf = bundle / "files" / "60-aks-node.conf"
+    st = conf.stat()
+    text = conf.read_bytes()
+    conf.write_bytes(text[:-2] + (b"9\n" if text[-2:] != b"9\n" else b"8\n"))
+    os.utime(conf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = sysext.build(bundle, tmp_path / "o3", cache_dir=cache_dir)
+    assert calls == ["hash", "hash"] and changed["root_hash"] != first["root_hash"]
+    sysext.build(bundle, tmp_path / "o4", cache_dir=cache_dir)
+    assert calls == ["hash", "hash"]
+
+
+def test_entry_from_before_extents_is_reused(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cache entries of earlier versions (fs.img + verity.img, no extents) still serve."""
+    from acl_compose.sysext import builder
+
+    bundle = REPO / "sysext" / "aks-node"
+    first = sysext.build(bundle, tmp_path / "a", cache_dir=cache_dir)
+    (entry,) = [p for p in (cache_dir / "sysext").iterdir() if (p / "meta.json").exists()]
+    meta = json.loads((entry / "meta.json").read_text())
+    for role, name in (("fs", "fs.img"), ("tree", "verity.img")):
+        where = meta.pop(role)
+        ddi.copy_to_file(
+            ddi.Extent(entry / where["file"], where["offset"], where["size"]), entry / name
+        )
+    (entry / "image.ddi").unlink()
+    (entry / "meta.json").write_text(json.dumps(meta))
+
+    def no_mkfs(*args: object, **kwargs: object) -> None:
+        raise AssertionError("rebuilt instead of using the cache")
+
+    monkeypatch.setattr(builder, "make_filesystem", no_mkfs)
+    again = sysext.build(bundle, tmp_path / "b", cache_dir=cache_dir)
+    assert again["sha256"] == first["sha256"]
+    assert sorted(p.name for p in entry.iterdir()) == ["fs.img", "meta.json", "verity.img"]
