@@ -332,6 +332,9 @@ def test_testbed_compose_inspect_verify(composed_release):
     assert rel["base"]["signature_verified"] is True
     assert any(a["name"] == "flatcar_production_image.bin.bz2" and len(a["sha512"]) == 128
                for a in rel["base"]["artifacts"])  # fmt: skip
+    # release.json says which checks vouched for each base file (fetch's default chain).
+    assert {tuple(a["checks"]) for a in rel["base"]["artifacts"]} == {
+        ("digests-signature", "sha512")}  # fmt: skip
     r = json.loads(run_cli("--json", "inspect", composed_release.raw, check=True).stdout)
     assert r["usr"]["verified"] is True
     assert r["flatcar_version"] == rel["os_release"].get("VERSION")
