@@ -12,7 +12,7 @@ DEB_PACKAGES := python3 python3-venv git make gnupg gpgv openssl curl ca-certifi
 	bzip2 lbzip2 xz-utils zstd mmdebstrap grub-efi-amd64-bin grub-common \
 	qemu-system-x86 qemu-utils ovmf openssh-client systemd-container ignition procps
 
-.PHONY: all deps deb venv test test-unit lint demo bench clean
+.PHONY: all deps deb venv test test-unit lint demo bench fuzz clean
 
 all: test
 
@@ -44,6 +44,10 @@ test: deps
 test-unit: deps
 	$(BIN)/pytest tests -m "not integration" $(PYTEST_ARGS)
 
+# The parsers' property tests with many random examples (make test runs a short fixed-seed set).
+fuzz: venv
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/pytest tests -m property $(PYTEST_ARGS)
+
 lint: venv
 	$(BIN)/ruff check acl_compose tests qemu-tests
 	$(BIN)/ruff format --check acl_compose tests qemu-tests
@@ -56,4 +60,4 @@ bench: deps
 	for b in tests/bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache demo-out
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis demo-out

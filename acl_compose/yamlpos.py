@@ -181,12 +181,24 @@ class _Loader(yaml.SafeLoader):
         if depth > MAX_DEPTH:
             raise LimitError(f"{what} deeper than {MAX_DEPTH} levels", mark)
 
+    def construct(self, node: yaml.Node) -> Any:
+        """construct_object, with the ValueErrors and co. that SafeConstructor lets out for
+        bad scalars (`2001-13-45`, `!!int zz`, a 5000-digit int) turned into located errors."""
+        try:
+            return self.construct_object(node, deep=True)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+            what = node.tag.rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this as {what}: {e}", node.start_mark
+            ) from None
+
     def build(self, node: yaml.Node, path: Path) -> Any:
         self.located.starts[path] = _pos(node.start_mark)
-        if node.tag not in (_MAP, _SEQ):  # scalars, and !!set, !!omap ... as safe_load does
+        collection = (node.tag, type(node)) in ((_MAP, yaml.MappingNode), (_SEQ, yaml.SequenceNode))
+        if not collection:  # scalars, !!set, !!omap ..., and `!!seq 1`: as safe_load does
             if isinstance(node, yaml.ScalarNode):
                 self.located.raws[path] = node.value
-            return self.construct_object(node, deep=True)
+            return self.construct(node)
         if node in self.building:  # an alias inside its own anchor
             raise yaml.constructor.ConstructorError(
                 None, None, "found unconstructable recursive node", node.start_mark
@@ -202,7 +214,7 @@ class _Loader(yaml.SafeLoader):
             data = {}
             self.flatten_mapping(node)
             for key_node, value_node in node.value:
-                key = self.construct_object(key_node, deep=True)
+                key = self.construct(key_node)
                 self.located.positions[path + (key,)] = _pos(key_node.start_mark)
                 data[key] = self.build(value_node, path + (key,))
         self.building.discard(node)
@@ -218,7 +230,7 @@ class _Loader(yaml.SafeLoader):
         super().flatten_mapping(node)  # merged entries first, then the node's own
         seen = set()
         for key_node, _ in node.value[len(node.value) - own :]:
-            key = self.construct_object(key_node, deep=True)
+            key = self.construct(key_node)
             if not isinstance(key, str):
                 raise BadKeyError(None, None, "keys must be strings", key_node.start_mark)
             if key in seen:

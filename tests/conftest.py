@@ -5,11 +5,32 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property tests (marker `property`): a fixed-seed, time-boxed run in `make test`, a longer
+# random one in `make fuzz` (HYPOTHESIS_PROFILE=fuzz). `deadline` bounds each example's time:
+# generous, because this machine is shared, but a parser that spins fails it.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=60,
+    deadline=timedelta(seconds=2),
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=3000,
+    deadline=timedelta(seconds=2),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Independent reference data (never used by the shipped package); origins in its README.
 REFERENCE = REPO / "tests" / "data" / "reference"
 

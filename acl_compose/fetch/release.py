@@ -24,8 +24,9 @@ DEFAULT_ARTIFACTS = ("version.txt", "flatcar_production_image.bin.bz2")
 CURRENT = "current"
 
 # Versions become path components and cache keys: digits and a few safe characters only
-# (SDK builds look like 3510.2.8+dev-2023-09-19).
-_VERSION_RE = re.compile(r"^[0-9]+\.[0-9]+\.[0-9]+([+_~-][A-Za-z0-9._+~-]*)?$")
+# (SDK builds look like 3510.2.8+dev-2023-09-19), of bounded length (int() of a part must not
+# meet Python's 4300-digit limit).
+_VERSION_RE = re.compile(r"^[0-9]{1,9}\.[0-9]{1,9}\.[0-9]{1,9}([+_~-][A-Za-z0-9._+~-]{0,100})?$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_+~-][A-Za-z0-9._+~-]*$")
 
 
@@ -103,7 +104,7 @@ def parse_version_txt(text: str, source: str = "version.txt") -> Release:
 
     def number(key: str, default: str) -> int:
         value = raw.get(key, default)
-        if not value.isdigit():
+        if not re.fullmatch(r"[0-9]{1,9}", value):  # not str.isdigit: int("²") fails
             raise InputError(f"{source}: {key}={value!r} is not a number")
         return int(value)
 

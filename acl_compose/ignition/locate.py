@@ -162,7 +162,33 @@ def json_positions(text: str) -> dict[KeyPath, tuple[int, int]]:
     return positions
 
 
+# Ignition configs nest about 6 levels; json.loads and json_positions recurse per level.
+MAX_DEPTH = 64
+_JSON_NESTING = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _too_deep(text: str) -> int | None:
+    """Offset of the first bracket nested deeper than MAX_DEPTH (strings skipped), or None."""
+    depth = 0
+    for m in _JSON_NESTING.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return m.start()
+        elif c in "]}":
+            depth -= 1
+    return None
+
+
 def parse_json(text: str, filename: str) -> tuple[Any, Locator]:
+    deep = _too_deep(text)
+    if deep is not None:
+        line = text.count("\n", 0, deep) + 1
+        col = deep - text.rfind("\n", 0, deep)
+        raise IgnitionError(
+            [f"{filename}:{line}:{col}: invalid JSON: nested deeper than {MAX_DEPTH} levels"]
+        )
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:

@@ -130,9 +130,22 @@ def _crc(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
+# A reader's bounds on what a header may claim: UEFI's entry size is 128 * 2**n and its array
+# at least 16 KiB; nothing real has more than a few hundred entries or 1 MiB of them.
+MAX_ENTRIES_BYTES = 1 << 20
+
+
 def read(path: str | os.PathLike[str]) -> Disk:
-    """Read and check the primary GPT of a disk image."""
+    """Read and check the primary GPT of a disk image.
+
+    Every length and offset the header claims is checked against the file size (and the
+    bounds above) before anything is read or allocated for it; partitions must lie inside the
+    image. A bad table is an InputError naming what is wrong."""
     path = Path(path)
+
+    def bad(what: str) -> InputError:
+        return InputError(f"{path}: bad GPT: {what}", hint="the image is corrupted or not a disk")
+
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -145,24 +158,35 @@ def read(path: str | os.PathLike[str]) -> Disk:
                 )
             fields = struct.unpack(HEADER_FMT, header[:HEADER_SIZE])
             (_, _, hsize, hcrc, _, _, _, _, _, dguid, entries_lba, n, esize, ecrc) = fields
+            if not HEADER_SIZE <= hsize <= len(header):
+                raise bad(f"header size {hsize} (must be {HEADER_SIZE} to {SECTOR})")
             check = bytearray(header[:hsize])
             check[16:20] = b"\0\0\0\0"
             if _crc(bytes(check)) != hcrc:
                 raise InputError(f"{path}: GPT header CRC mismatch", hint="the image is corrupted")
+            if esize < ENTRY_SIZE or esize % ENTRY_SIZE or n * esize > MAX_ENTRIES_BYTES:
+                raise bad(f"{n} partition entries of {esize} bytes")
+            if not 2 <= entries_lba or entries_lba * SECTOR + n * esize > size:
+                raise bad(f"partition entries at LBA {entries_lba} run past the end of the file")
             f.seek(entries_lba * SECTOR)
             table = f.read(n * esize)
     except OSError as e:
         raise InputError(f"{path}: cannot read: {e.strerror}", hint="check the path") from e
+    if len(table) != n * esize:  # the file shrank under us
+        raise bad("partition entries truncated")
     if _crc(table) != ecrc:
         raise InputError(
             f"{path}: GPT partition entries CRC mismatch", hint="the image is corrupted"
         )
     parts = []
+    sectors = size // SECTOR
     for i in range(n):
         raw = table[i * esize : i * esize + ENTRY_SIZE]
         tguid, pguid, first, last, attrs, name = struct.unpack(ENTRY_FMT, raw)
         if tguid == bytes(16):
             continue
+        if not 1 <= first <= last < sectors:
+            raise bad(f"partition {i + 1} spans LBA {first}-{last}, outside the {sectors} sectors")
         label = name.decode("utf-16-le", errors="replace").split("\0", 1)[0]
         parts.append(
             Partition(i + 1, _guid_str(tguid), _guid_str(pguid), label, first, last, attrs)

@@ -21,8 +21,14 @@ _PLAIN = re.compile(r"^[A-Za-z0-9_.:/+@%,-]*$")
 FLATCAR_BOARDS = {"amd64-usr": "x86-64", "arm64-usr": "arm64"}
 
 
+# systemd's env-file parser: lines end at \n or \r, whitespace is space and tab only (Python's
+# splitlines/strip also split and strip \x0b, \x85, \u2028 ..., which systemd keeps in values).
+_LINES = re.compile(r"[\r\n]")
+_WS = " \t"
+
+
 def _unquote(value: str) -> str:
-    value = value.strip()
+    value = value.strip(_WS)
     if len(value) >= 2 and value[0] == value[-1] == "'":
         return value[1:-1]
     if len(value) >= 2 and value[0] == value[-1] == '"':
@@ -35,12 +41,12 @@ def _unquote(value: str) -> str:
 def parse_os_release(text: str) -> dict[str, str]:
     """Parse os-release text into a dict; malformed lines are skipped (as systemd does)."""
     result: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
+    for raw in _LINES.split(text):
+        line = raw.strip(_WS)
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, _, value = line.partition("=")
-        key = key.strip()
+        key = key.strip(_WS)
         if not _KEY.match(key):
             continue
         result[key] = _unquote(value)
@@ -72,8 +78,8 @@ def format_os_release(data: dict[str, str]) -> str:
     for key, value in data.items():
         if not _KEY.match(key):
             raise InputError(f"invalid os-release key {key!r}")
-        if "\n" in value:
-            raise InputError(f"os-release value for {key} contains a newline")
+        if _LINES.search(value):
+            raise InputError(f"os-release value for {key} contains a line break")
         if _PLAIN.match(value) and value:
             lines.append(f"{key}={value}")
         else:

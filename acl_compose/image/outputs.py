@@ -69,8 +69,11 @@ def write_vhd(
 
 
 def check_vhd(path: str | os.PathLike[str], expect_size: int | None = None) -> int:
-    """Check the fixed-VHD footer (cookie, type, checksum); return the virtual size."""
+    """Check the fixed-VHD footer (cookie, type, checksum); return the virtual size.
+    The size it claims is only compared with the file's, never used to read or allocate."""
     total = os.stat(path).st_size
+    if total < 512:
+        raise VerificationError(f"{path}: {total} bytes, too small to hold a VHD footer")
     with open(path, "rb") as f:
         f.seek(total - 512)
         footer = f.read(512)

@@ -24,6 +24,7 @@ ALIGN = 4096
 FIRST_LBA = 2048  # 1 MiB, the conventional first partition offset
 DATA_OFFSET = FIRST_LBA * gpt.SECTOR  # where the filesystem starts
 SIG_SIZE = 16 * 1024
+MAX_SIGNATURE = 1 << 20  # what a reader accepts: far above any real signature JSON
 CHUNK = 4 << 20  # systemd-repart's size for the signature partition
 GPT_MAGIC = b"EFI PART"
 ARCH_OF_TYPE = {
@@ -249,12 +250,17 @@ class DdiInfo:
         """The parsed signature JSON, or None without a signature partition."""
         if self.sig is None:
             return None
+        if self.sig.size > MAX_SIGNATURE:  # repart writes 16 KiB; the GPT says how much to read
+            raise VerificationError(
+                f"{self.path}: signature partition of {self.sig.size} bytes (at most "
+                f"{MAX_SIGNATURE} expected)"
+            )
         with open(self.path, "rb") as f:
             f.seek(self.sig.offset)
             raw = f.read(self.sig.size)
         try:
             doc = json.loads(raw.rstrip(b"\0").decode())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise VerificationError(f"{self.path}: signature partition is not JSON: {e}") from e
         if not isinstance(doc, dict) or not all(
             isinstance(doc.get(k), str) for k in ("rootHash", "signature")

@@ -87,7 +87,7 @@ def _primary_fprs(colons: str) -> list[str]:
             after_pub = True
         elif fields[0] == "sub":
             after_pub = False
-        elif fields[0] == "fpr" and after_pub:
+        elif fields[0] == "fpr" and after_pub and len(fields) > 9:
             fprs.append(fields[9].upper())
             after_pub = False
     return fprs
@@ -231,13 +231,14 @@ def parse_status(status: str, code: int, trusted: str, what: str, stderr: str = 
     releases stay valid); a revoked key or a bad signature is not.
     """
     lines = [ln.split() for ln in status.splitlines() if ln.startswith("[GNUPG:] ")]
-    kinds = {ln[1] for ln in lines if len(ln) > 1}
+    lines = [ln for ln in lines if len(ln) > 1]
+    kinds = {ln[1] for ln in lines}
     if "BADSIG" in kinds:
         raise VerificationError(f"{what}: BAD signature (the file was altered or corrupted)")
     if "REVKEYSIG" in kinds:
         raise VerificationError(f"{what}: signed by a revoked key")
     if "ERRSIG" in kinds or "NO_PUBKEY" in kinds:
-        keyid = next((ln[2] for ln in lines if ln[1] in ("ERRSIG", "NO_PUBKEY")), "?")
+        keyid = next((ln[2] for ln in lines if ln[1] in ("ERRSIG", "NO_PUBKEY") and ln[2:]), "?")
         raise VerificationError(
             f"{what}: signed by key {keyid}, which is not the trusted key {trusted}",
             hint="the signer is not trusted; pass the right --keyring/--trusted-key",
@@ -246,17 +247,24 @@ def parse_status(status: str, code: int, trusted: str, what: str, stderr: str = 
     if code != 0 or valid is None:
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"
         raise VerificationError(f"{what}: signature not verified ({detail})")
+    # gpgv wrote it, but it is parsed like any input: a short or odd line is refused, not a crash.
+    if len(valid) < 5 or not _FPR_RE.match(valid[2].upper()):
+        raise VerificationError(f"{what}: malformed VALIDSIG status from gpgv: {' '.join(valid)}")
     fpr = valid[2].upper()
     primary = valid[11].upper() if len(valid) > 11 else fpr
     if primary != trusted:
         raise VerificationError(f"{what}: signed by {primary}, not the trusted key {trusted}")
-    return Signature(fingerprint=fpr, primary_fingerprint=primary, created=_timestamp(valid[4]))
+    created = _timestamp(valid[4], what)
+    return Signature(fingerprint=fpr, primary_fingerprint=primary, created=created)
 
 
-def _timestamp(value: str) -> str:
+def _timestamp(value: str, what: str = "signature") -> str:
     """VALIDSIG's timestamp is seconds since the epoch, or ISO 8601 (19700101T000000)."""
-    if value.isdigit():
-        when = datetime.fromtimestamp(int(value), tz=UTC)
-    else:
-        when = datetime.strptime(value, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    try:
+        if value.isascii() and value.isdigit():
+            when = datetime.fromtimestamp(int(value), tz=UTC)
+        else:
+            when = datetime.strptime(value, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        raise VerificationError(f"{what}: malformed signature time {value!r} from gpgv") from None
     return when.isoformat().replace("+00:00", "Z")

@@ -81,6 +81,14 @@ def _expect(tlv: _TLV, tag: int, what: str) -> _TLV:
     return tlv
 
 
+def _algorithm(buf: bytes, tlv: _TLV, what: str) -> str:
+    """The OID of an AlgorithmIdentifier SEQUENCE."""
+    parts = _children(buf, _expect(tlv, SEQUENCE, what))
+    if not parts:
+        raise _bad(f"empty {what}")
+    return _oid(buf, parts[0])
+
+
 def _oid(buf: bytes, tlv: _TLV) -> str:
     body = _expect(tlv, OID, "an object identifier").body(buf)
     if not body:
@@ -186,7 +194,7 @@ def _signer(der: bytes, si_tlv: _TLV) -> Signer:
         key_id = sid.body(der)
     else:
         raise _bad("unknown signer identifier")
-    digest_oid = _oid(der, _children(der, _expect(si[2], SEQUENCE, "digestAlgorithm"))[0])
+    digest_oid = _algorithm(der, si[2], "digestAlgorithm")
     idx = 3
     signed_attrs = message_digest = None
     if si[idx].tag == 0xA0:
@@ -204,7 +212,7 @@ def _signer(der: bytes, si_tlv: _TLV) -> Signer:
         idx += 1
     if idx + 1 >= len(si):
         raise _bad("SignerInfo lacks a signature")
-    sig_oid = _oid(der, _children(der, _expect(si[idx], SEQUENCE, "signatureAlgorithm"))[0])
+    sig_oid = _algorithm(der, si[idx], "signatureAlgorithm")
     signature = _expect(si[idx + 1], OCTET_STRING, "signature").body(der)
     return Signer(
         issuer_der, serial, key_id, digest_oid, sig_oid, signed_attrs, message_digest, signature
