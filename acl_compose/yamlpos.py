@@ -186,10 +186,12 @@ class _Loader(yaml.SafeLoader):
         bad scalars (`2001-13-45`, `!!int zz`, a 5000-digit int) turned into located errors."""
         try:
             return self.construct_object(node, deep=True)
-        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError) as e:
             what = node.tag.rsplit(":", 1)[-1]
+            shown = f"{node.value[:40]!r} " if isinstance(node, yaml.ScalarNode) else ""
+            why = f": {e}" if isinstance(e, ValueError | OverflowError) else ""
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read this as {what}: {e}", node.start_mark
+                None, None, f"cannot read {shown}as {what}{why}", node.start_mark
             ) from None
 
     def build(self, node: yaml.Node, path: Path) -> Any:

@@ -324,3 +324,24 @@ def test_hostile_yaml_ends_fast_with_a_located_error(cli, tmp_path, scalar_100mb
     assert errors[1].startswith("hint: YAML inputs are limited to"), proc.stderr
     assert "Traceback" not in proc.stderr and not (work / "out").exists()
     print(f"{kind} {doc}: {elapsed:.2f}s")  # process start included; see bench_yamlpos.py
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("x: 2001-13-45\n", "cannot read '2001-13-45' as timestamp: month must be in 1..12"),
+        ("x: " + "1" * 5000 + "\n", "as int: Exceeds the limit (4300 digits)"),
+        ("x: !!int zz\n", "cannot read 'zz' as int: invalid literal"),
+        ("x: !!bool maybe\n", "cannot read 'maybe' as bool"),
+        (":: !!timestamp\n", "cannot read '' as timestamp"),  # found by the property tests
+        ("x: !!seq 1\n", "expected a sequence node, but found scalar"),
+        ("x: !!map [1]\n", "expected a mapping node, but found sequence"),
+        ("? !!float nan?\n: 1\n", "cannot read 'nan?' as float"),
+    ],
+)
+def test_bad_scalars_and_mistagged_nodes_are_located_yaml_errors(text, problem):
+    # SafeConstructor lets ValueError, KeyError, AttributeError ... out for these.
+    with pytest.raises(yaml.constructor.ConstructorError) as exc:
+        yamlpos.load(text)
+    assert problem in exc.value.problem
+    assert exc.value.problem_mark is not None

@@ -83,13 +83,15 @@ def test_der_length_of_2_pow_62_is_refused_without_allocating():
 
 def test_empty_algorithm_identifiers_are_refused():
     _, _, der = pair(False)
-    # SignerInfo's digestAlgorithm: the last SEQUENCE { OID sha256, NULL } before the
-    # signatureAlgorithm. Empty it (and fix no lengths: the reader must not index into it).
+    # SignerInfo's digestAlgorithm is the last SEQUENCE { OID sha256, NULL }: empty it and
+    # fill the same bytes with an OCTET STRING, so every enclosing length still holds.
     sd = pkcs7.parse_signed_data(der)
     assert sd.signers[0].digest_oid == "2.16.840.1.101.3.4.2.1"
     alg = bytes.fromhex("300d06096086480165030402010500")
     at = der.rindex(alg)
-    broken = der[:at] + b"\x30\x00" + bytes(len(alg) - 2) + der[at + len(alg) :]
+    filler = b"\x04" + bytes([len(alg) - 4]) + bytes(len(alg) - 4)  # an OCTET STRING
+    broken = der[:at] + b"\x30\x00" + filler + der[at + len(alg) :]
+    assert len(broken) == len(der)
     result = outcome(pkcs7.parse_signed_data, broken, errors=VerificationError)
     assert isinstance(result, VerificationError)
 
