@@ -26,6 +26,10 @@ from acl_compose.ui import App, pass_app
     "--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Override base.keyring."
 )
 @click.option("--offline", is_flag=True, help="Use only cached base artifacts.")
+@click.option(
+    "--check-reproducible", is_flag=True,
+    help="Compose twice with separate caches; write OUT_DIR only if every byte matches.",
+)  # fmt: skip
 @pass_app
 def compose_cmd(
     app: App,
@@ -36,6 +40,7 @@ def compose_cmd(
     trusted_key: str | None,
     keyring: Path | None,
     offline: bool,
+    check_reproducible: bool,
 ) -> None:
     """Compose the release described by MANIFEST into OUT_DIR, signed."""
     from acl_compose.compose import compose, load_manifest
@@ -48,11 +53,19 @@ def compose_cmd(
         "offline": offline,
     }
     m = load_manifest(manifest_path, overrides)
-    release = compose(m, out_dir, app.cache_dir)
+    if check_reproducible:
+        from acl_compose.provenance import check_reproducible as twice
+
+        release = twice(m, out_dir, app.cache_dir)
+    else:
+        release = compose(m, out_dir, app.cache_dir)
     lines = [
         f"{out_dir}/{o['file']}  {o['format']}  sha256 {o['sha256']}" for o in release["outputs"]
     ]
     lines += [f"{out_dir}/release.json", f"{out_dir}/release.json.p7s"]
+    if "reproducible" in release:
+        n = len(release["reproducible"]["files"])
+        lines.append(f"reproducible: {n} files byte-identical across two separate builds")
     app.emit(release, lines)
 
 

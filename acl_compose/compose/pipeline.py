@@ -527,7 +527,7 @@ def write_outputs(st: State) -> None:
     """Step 9: the image formats, named `<name>-<version>.{bin,qcow2,vhd}`."""
     with ui.step(f"write outputs: {', '.join(st.manifest.outputs)}"):
         st.outputs = outputs.write_outputs(
-            st.image, st.out, st.manifest.stem, st.manifest.outputs, st.work
+            st.image, st.out, st.manifest.stem, st.manifest.outputs, st.work, st.sde
         )  # type: ignore[arg-type]
         for o in st.outputs:
             ui.info(f"{o['file']} ({o['format']}, sha256 {o['sha256'][:16]}…)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -96,14 +97,40 @@ def check_vhd(path: str | os.PathLike[str], expect_size: int | None = None) -> i
     return current_size
 
 
+VHD_EPOCH = 946684800  # the VHD footer counts seconds from 2000-01-01 00:00:00 UTC
+
+
+def pin_vhd_footer(path: str | os.PathLike[str], timestamp: int, unique_id: bytes) -> None:
+    """Replace what qemu-img makes up (creation time, random unique id) in a fixed VHD's
+    footer, and its checksum, so the same raw image always gives the same VHD."""
+    total = os.stat(path).st_size
+    with open(path, "r+b") as f:
+        f.seek(total - 512)
+        footer = bytearray(f.read(512))
+        if footer[:8] != b"conectix":
+            raise VerificationError(f"{path}: no VHD footer (cookie 'conectix' missing)")
+        struct.pack_into(">I", footer, 24, max(0, min(timestamp - VHD_EPOCH, 0xFFFFFFFF)))
+        footer[68:84] = unique_id[:16].ljust(16, b"\0")
+        struct.pack_into(">I", footer, 64, 0)
+        struct.pack_into(">I", footer, 64, (~sum(footer)) & 0xFFFFFFFF)
+        f.seek(total - 512)
+        f.write(footer)
+
+
 def write_outputs(
-    raw: Path, out_dir: Path, stem: str, formats: list[str], work_dir: Path
+    raw: Path,
+    out_dir: Path,
+    stem: str,
+    formats: list[str],
+    work_dir: Path,
+    source_date_epoch: int | None = None,
 ) -> list[dict[str, object]]:
     """Write every requested format; `raw` (the composed work image) becomes the .bin.
 
     The conversions (qemu-img, mostly I/O) run beside the raw image's hash (CPU; hashlib
     drops the GIL), and the fixed VHD's sha256 continues the raw one: a fixed VHD is the raw
-    bytes, zero padding to a whole MiB, and a 512-byte footer.
+    bytes, zero padding to a whole MiB, and a 512-byte footer. With `source_date_epoch` the
+    VHD footer is pinned (its time, and a unique id derived from the raw image's sha256).
     """
     paths = {fmt: out_dir / output_name(stem, fmt) for fmt in formats}
     size = os.stat(raw).st_size
@@ -120,6 +147,9 @@ def write_outputs(
         conv.result()
         h = raw_hash.result()
     digests = {"raw": h.hexdigest()}
+    if "vhd" in paths and source_date_epoch is not None:
+        uid = hashlib.sha256(f"acl-compose vhd id\0{digests['raw']}".encode()).digest()
+        pin_vhd_footer(paths["vhd"], source_date_epoch, uid)
     if "vhd" in paths:
         v = h.copy()
         _feed_zeros(v, memoryview(bytes(CHUNK)), vhd_size(size) - size)

@@ -13,5 +13,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "changes": ["diff", "format_text"],
         "snapshot": ["snapshot"],
+        "reproducible": ["check_reproducible", "first_difference"],
     },
 )

@@ -103,3 +103,29 @@ def test_write_outputs_names_and_hashes(raw: Path, tmp_path: Path):
     for r in res:
         assert r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest()
     assert not raw.exists()  # the work image became the .bin
+
+
+def test_outputs_reproducible_with_source_date_epoch(raw: Path, tmp_path: Path):
+    """qemu-img stamps a fixed VHD with the time and a random id; with SOURCE_DATE_EPOCH the
+    footer is pinned, so every format comes out byte-identical from the same raw image."""
+    runs = []
+    for i, sde in enumerate((1700000000, 1700000000, None)):
+        src = tmp_path / f"raw{i}.bin"
+        sparse.copy_sparse(raw, src)
+        out = tmp_path / f"out{i}"
+        out.mkdir()
+        runs.append({r["format"]: r for r in
+                     outputs.write_outputs(src, out, "acl-1.0", ["raw", "qcow2", "vhd"],
+                                           tmp_path, sde)})  # fmt: skip
+    a, b, unpinned = runs
+    for fmt in ("raw", "qcow2", "vhd"):
+        assert Path(a[fmt]["path"]).read_bytes() == Path(b[fmt]["path"]).read_bytes(), fmt
+        assert a[fmt]["sha256"] == b[fmt]["sha256"]
+    assert a["vhd"]["sha256"] != unpinned["vhd"]["sha256"]  # qemu-img's own footer differs
+    vhd = Path(a["vhd"]["path"])
+    outputs.check_vhd(vhd)  # our footer checksum
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-f", "vpc", vhd],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    assert json.loads(info.stdout)["virtual-size"] == outputs.vhd_size(raw.stat().st_size)
+    footer = vhd.read_bytes()[-512:]
+    assert int.from_bytes(footer[24:28], "big") == 1700000000 - outputs.VHD_EPOCH
