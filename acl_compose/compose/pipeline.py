@@ -485,7 +485,7 @@ def bake_ignition(st: State) -> None:
         for w in warnings:
             ui.warn(f"ignition: {w}")
         text = ignition.dumps(merged).encode()
-        write_oem_file(st.image, st.disk, BASE_IGN, text, st.work)  # type: ignore[arg-type]
+        write_oem_file(st.image, st.disk, BASE_IGN, text, st.work, st.sde)  # type: ignore[arg-type]
         st.ignition = {
             "path": f"OEM:/{BASE_IGN}",
             "sha256": hashlib.sha256(text).hexdigest(),
@@ -500,7 +500,9 @@ def bake_ignition(st: State) -> None:
         ui.info(f"{len(text)} bytes, sha256 {st.ignition['sha256'][:16]}…")
 
 
-def write_oem_file(img: Path, disk: gpt.Disk, rel: str, data: bytes, work: Path) -> None:
+def write_oem_file(
+    img: Path, disk: gpt.Disk, rel: str, data: bytes, work: Path, sde: int | None = None
+) -> None:
     """Rebuild the OEM btrfs with one file added, keeping its label and UUID."""
     oem = disk.by_label("OEM")
     part_file = work / "oem.img"
@@ -517,7 +519,7 @@ def write_oem_file(img: Path, disk: gpt.Disk, rel: str, data: bytes, work: Path)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     os.chmod(target, 0o644)
-    fs.btrfs_rebuild(tree, part_file, oem.size, info)
+    fs.btrfs_rebuild(tree, part_file, oem.size, info, sde)
     gpt.copy_in(img, oem, part_file)
     part_file.unlink()
     shutil.rmtree(tree)

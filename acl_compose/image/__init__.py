@@ -1,8 +1,9 @@
 """image: a Flatcar disk image -> its partitions, filesystems, /usr facts, and output files.
 
-`gpt` reads and writes the partition table, `fs` edits filesystems without mounting, `usr`
-verifies USR-A against the root hash in the kernel, `osrelease` parses os-release,
-`bootfiles` reads the ESP, `outputs` writes raw/qcow2/vhd.
+`gpt` reads and writes the partition table, `fs` edits filesystems without mounting
+(`btrfs_stage` and `btrfs_pin` make its btrfs rebuilds reproducible), `usr` verifies USR-A
+against the root hash in the kernel, `osrelease` parses os-release, `bootfiles` reads the
+ESP, `outputs` writes raw/qcow2/vhd.
 """
 
 from acl_compose.util import lazy_exports

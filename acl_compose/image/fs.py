@@ -270,10 +270,21 @@ def btrfs_read_file(part: str | os.PathLike[str], path: str) -> bytes | None:
 
 
 def btrfs_rebuild(
-    src_dir: str | os.PathLike[str], out: str | os.PathLike[str], size: int, like: BtrfsInfo
+    src_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    size: int,
+    like: BtrfsInfo,
+    source_date_epoch: int | None = None,
 ) -> None:
     """Make a btrfs image of `size` bytes holding `src_dir`, with the label, UUID and block
-    geometry of the filesystem it replaces (`like`)."""
+    geometry of the filesystem it replaces (`like`).
+
+    Reproducibly: mkfs runs on a canonical copy of the tree and what it makes up (device and
+    chunk-tree UUIDs, subvolume UUID, times) is pinned afterwards (image.btrfs_pin), with
+    times clamped to `source_date_epoch`.
+    """
+    from acl_compose.image import btrfs_pin
+
     out = Path(out)
     out.unlink(missing_ok=True)
     with open(out, "wb") as f:
@@ -281,10 +292,11 @@ def btrfs_rebuild(
     label, fs_uuid = like.label, like.uuid
     argv = ["mkfs.btrfs", "-q", "-f", "-L", label, "-U", fs_uuid, "-s", str(like.sectorsize)]
     argv += ["-M"] if like.mixed else ["-n", str(like.nodesize)]
-    run([*_userns(), *argv, "-r", str(src_dir), str(out)])
+    btrfs_pin.mkfs_canonical(Path(src_dir), argv, out, out.parent)
     info = btrfs_info(out)
     if info is None or info.uuid != fs_uuid or info.label != label:
         raise ToolError(f"mkfs.btrfs did not keep label/UUID on {out}")
+    btrfs_pin.pin(out, source_date_epoch)
 
 
 def _userns() -> list[str]:
