@@ -112,6 +112,7 @@ class _Built:
     meta: dict[str, Any]
     fresh: bool
     contents: list[dict[str, Any]]
+    cleanup: threading.Thread | None = None  # removing the assembled tree, in the background
 
 
 def _download(cache_dir: Path | None):  # noqa: ANN202 - a Downloader
@@ -254,7 +255,6 @@ def _build_unsigned(
     offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
     image = work / ("image.ddi" if offset else "fs.img")
     make_filesystem(bundle, tree, image, key, offset)
-    shutil.rmtree(tree)
     # Salt and verity UUID derive from the inputs: same bundle, same hash tree, same bytes.
     salt = hashlib.sha256(f"acl-compose verity salt\0{key}".encode()).digest()
     result = verity.create(
@@ -268,7 +268,12 @@ def _build_unsigned(
             "contents": contents}  # fmt: skip
     fs = ddi.Extent(image, offset, os.stat(image).st_size - offset)
     tree_file = ddi.Extent.of(work / "verity.img")
-    return _Built(work, result.root_hash, fs, tree_file, meta, True, contents)
+    built = _Built(work, result.root_hash, fs, tree_file, meta, True, contents)
+    # Thousands of unlinks, beside the DDI's copy and hash (nothing forks any more): joined,
+    # like the rest of scratch, before build() returns.
+    built.cleanup = threading.Thread(target=shutil.rmtree, args=(tree, True), daemon=True)
+    built.cleanup.start()
+    return built
 
 
 def _keep(built: _Built, cache_dir: Path | None, fs: ddi.Extent, tree: ddi.Extent) -> None:
@@ -361,6 +366,7 @@ def build(
     scratch = Path(tempfile.mkdtemp(prefix=".sysext-", dir=scratch_parent))
     extra = {"cache_format": CACHE_FORMAT, "mkfs": tool_version(bundle.filesystem)}
     digest = _Digest(bundle, extra, cache)
+    built: _Built | None = None
     try:
         built = _build_unsigned(bundle, cache, scratch, digest, fmt)
         out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed build leaves nothing
@@ -393,6 +399,8 @@ def build(
             result.update(_write_raw(out, built, root_hash, signature, cache))
     finally:
         digest.wait()
+        if built is not None and built.cleanup is not None:
+            built.cleanup.join()
         shutil.rmtree(scratch, ignore_errors=True)
         if cache is None:
             with contextlib.suppress(OSError):
