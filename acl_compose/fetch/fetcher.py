@@ -342,15 +342,13 @@ class Fetcher:
                 and self.cache.blob_ok(link, int(meta["size"]), meta["sha512"])
             )
             signature = _signature(meta["signature"])
-            # Entries written before checks were recorded had the file signature checked too.
-            checks = meta.get("checks", list(STRICT_CHECKS))
-            file_signature = (
-                _signature(meta["file_signature"])
-                if meta.get("file_signature")
-                else signature
-                if "checks" not in meta
-                else None
-            )
+            checks = meta.get("checks")
+            if checks is None:  # written before checks were recorded: F.sig was always checked
+                checks, file_signature = list(STRICT_CHECKS), signature
+            else:
+                file_signature = (
+                    _signature(meta["file_signature"]) if meta.get("file_signature") else None
+                )
         except (KeyError, TypeError, ValueError, OSError):
             ok = False
         if not ok:

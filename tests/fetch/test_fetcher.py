@@ -666,3 +666,19 @@ def test_decompress_corrupt_is_input_error(tmp_path: Path) -> None:
         with pytest.raises(InputError, match=str(src)):
             fetch.decompress(src, tmp_path / "bad.raw", use_lbzip2=use)
         assert not (tmp_path / "bad.raw").exists()
+
+
+def test_entry_from_before_checks_were_recorded(site: Site) -> None:
+    """Earlier versions checked F.sig on every fetch and recorded its signature only."""
+    site.fetch("--release", VERSION, "--strict", check=True)
+    for meta in site.cache.glob("releases/**/.meta/*.json"):
+        data = json.loads(meta.read_text())
+        data["signature"] = data.pop("file_signature")
+        del data["checks"]
+        meta.write_text(json.dumps(data))
+    site.faults.log.clear()
+    proc = site.fetch("--release", VERSION, "--offline", "--strict", json_out=True, check=True)
+    image = json.loads(proc.stdout)["artifacts"][1]
+    assert image["cached"] and image["checks"][-1] == "file-signature"
+    assert image["file_signature"]["primary_fingerprint"] == site.key.fingerprint
+    assert site.faults.log == []
