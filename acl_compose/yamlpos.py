@@ -145,6 +145,13 @@ class _Loader(yaml.SafeLoader):
         self.heights: list[int] = []  # per open node: the tallest child composed so far
         self.shapes: dict[yaml.Node, tuple[int, int]] = {}  # anchored node -> (nodes, height)
 
+    def fetch_flow_collection_start(self, TokenClass: type) -> None:  # noqa: N803
+        """The scanner looks up to 1024 characters ahead for simple keys, at a cost that grows
+        with the flow nesting: `[[[[...` is refused here, before the composer sees it."""
+        if self.flow_level >= MAX_DEPTH:
+            raise LimitError(f"document nested deeper than {MAX_DEPTH} levels", self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
         """Composer.compose_node, with the limits checked at each event before it is used.
         Composing recurses per level, so depth is checked before the recursion can go deep."""
