@@ -181,16 +181,35 @@ def _too_deep(text: str) -> int | None:
     return None
 
 
+# Python's json reads NaN and Infinity, which JSON (and Ignition) does not, and refuses
+# integers over 4300 digits with a bare ValueError; both are located by a scan that skips
+# strings.
+_BARE = re.compile(r'"(?:[^"\\]|\\.)*"|-?Infinity|NaN|-?[0-9]{4301,}')
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
 def parse_json(text: str, filename: str) -> tuple[Any, Locator]:
+    def error(offset: int, what: str) -> IgnitionError:
+        line = text.count("\n", 0, offset) + 1
+        col = offset - text.rfind("\n", 0, offset)
+        return IgnitionError([f"{filename}:{line}:{col}: invalid JSON: {what}"])
+
     deep = _too_deep(text)
     if deep is not None:
-        line = text.count("\n", 0, deep) + 1
-        col = deep - text.rfind("\n", 0, deep)
-        raise IgnitionError(
-            [f"{filename}:{line}:{col}: invalid JSON: nested deeper than {MAX_DEPTH} levels"]
-        )
+        raise error(deep, f"nested deeper than {MAX_DEPTH} levels")
     try:
-        cfg = json.loads(text)
+        cfg = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         raise IgnitionError([f"{filename}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}"]) from None
+    except ValueError as e:
+        bare = next((m for m in _BARE.finditer(text) if m.group()[0] != '"'), None)
+        what = f"{e} is not a JSON value" if isinstance(e, _Constant) else f"number too long: {e}"
+        raise error(bare.start() if bare else 0, what) from None
     return cfg, Locator(filename, json_positions(text))

@@ -228,3 +228,22 @@ def test_validator_agrees_with_real_ignition(name, tmp_path):
         ours = False
     proc = ignition_validate(config, tmp_path)
     assert ours == (proc.returncode == 0), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Infinity", "1:1: invalid JSON: Infinity is not a JSON value"),  # found by fuzzing
+        ('{"a": "NaN",\n "b": NaN}', "2:7: invalid JSON: NaN is not a JSON value"),
+        ('{"a": ' + "[" * 10_000 + "]" * 10_000 + "}", "1:70: invalid JSON: nested deeper than"),
+        ("[" + "1" * 5000 + "]", "1:2: invalid JSON: number too long"),
+    ],
+)
+def test_json_python_reads_but_json_is_not_is_located(tmp_path, text, expected):
+    # json.loads accepts NaN/Infinity, recurses per level and refuses huge ints with a bare
+    # ValueError; each is a located IgnitionError instead of a crash or a wrong acceptance.
+    bad = tmp_path / "bad.ign"
+    bad.write_text(text)
+    with pytest.raises(IgnitionError) as exc:
+        ignition.load(bad, warnings=[])
+    assert exc.value.errors[0].startswith(f"{bad}:{expected}")
