@@ -107,6 +107,8 @@ class _Doc:
         self.files: list[dict[str, Any]] = []
         self.relationships: list[dict[str, str]] = []
         self._ids: set[str] = set()
+        self.origins: dict[str, str] = {}  # origin record (JSON) -> its element
+        self.seen_rel: set[tuple[str, str]] = set()
 
     def unique(self, ident: str) -> str:
         base, n = ident, 1
@@ -229,7 +231,6 @@ def _sysext(d: _Doc, s: dict[str, Any], extras: dict[str, Any]) -> str:
     source = extras.get("sysext_sources", {}).get(name)
     sid = d.unique(spdx_id("Sysext", name))
     file_ids, sha1s = [], []
-    origin_ids: dict[str, str] = {}
     bundle_id = None
     for f in files:
         fid = d.unique(spdx_id("File", name, f["path"]))
@@ -243,21 +244,21 @@ def _sysext(d: _Doc, s: dict[str, Any], extras: dict[str, Any]) -> str:
         sha1s.append(sha1)
         sha256 = f.get("sha256") or hashlib.sha256((f.get("target") or "").encode()).hexdigest()
         what = f"symlink to {f.get('target')} (checksums over the target); " if is_link else ""
+        if f.get("member"):
+            what += f"archive member {f['member']}; "
+        shown = {k: v for k, v in origin.items() if k != "files"}
+        if "files" in origin:
+            shown["files"] = len(origin["files"])
         d.files.append({
             "SPDXID": fid,
             "fileName": "." + f["path"],
             "checksums": _checksums(sha1=sha1, sha256=sha256),
             "fileTypes": ["OTHER"] if is_link else _file_types(f["path"]),
             "comment": f"{what}mode {f.get('mode')}; origin: "
-            + json.dumps(origin, sort_keys=True, separators=(",", ":")),
+            + json.dumps(shown, sort_keys=True, separators=(",", ":")),
         })  # fmt: skip
-        kind = origin.get("kind")
-        if kind not in _LOCAL_KINDS:  # something fetched: a URL, a Debian package, ...
-            key = json.dumps({k: v for k, v in origin.items() if k != "bundle"}, sort_keys=True)
-            if key not in origin_ids:
-                origin_ids[key] = _origin_package(d, origin)
-            archive = kind in _ARCHIVE_KINDS or "extract" in origin
-            d.rel(fid, "EXPANDED_FROM_ARCHIVE" if archive else "COPY_OF", origin_ids[key])
+        if origin.get("kind") not in _LOCAL_KINDS:  # fetched: a URL, a Debian package, ...
+            d.rel(fid, *_origin(d, origin))
         else:
             if bundle_id is None:
                 bundle_id = _bundle_package(d, name, s, source, origin)
@@ -310,6 +311,43 @@ def _bundle_package(
     )
 
 
+def _origin(d: _Doc, origin: dict[str, Any]) -> tuple[str, str]:
+    """(relationship, element) naming where a file came from; one element per distinct
+    download, package or container image in the whole document."""
+    kind = origin.get("kind")
+    key = json.dumps({k: v for k, v in origin.items() if k not in ("bundle", "files")},
+                     sort_keys=True)  # fmt: skip
+    if key not in d.origins:
+        if kind == "oci-image":
+            d.origins[key] = _image_package(d, origin)
+        else:
+            d.origins[key] = _origin_package(d, origin)
+    if kind == "oci-image":  # an archive the build made from these files: generated
+        return "GENERATED_FROM", d.origins[key]
+    archive = kind in _ARCHIVE_KINDS or "extract" in origin
+    return "EXPANDED_FROM_ARCHIVE" if archive else "COPY_OF", d.origins[key]
+
+
+def _image_package(d: _Doc, origin: dict[str, Any]) -> str:
+    """A container image a sysext preloads (built from files that have their own origins)."""
+    fields = {k: v for k, v in origin.items() if k not in ("kind", "bundle", "files")}
+    iid = d.package(
+        spdx_id("Image", str(origin.get("name") or origin.get("ref") or "oci")),
+        str(origin.get("ref") or origin.get("name") or "container image"),
+        versionInfo=origin.get("manifest_digest"),
+        primaryPackagePurpose="CONTAINER",
+        sourceInfo="oci-image: " + json.dumps(fields, sort_keys=True, separators=(",", ":")),
+    )
+    for inner in origin.get("files") or []:
+        o = inner.get("origin") or {}
+        if o.get("kind") not in _LOCAL_KINDS:
+            rel, target = _origin(d, o)
+            if (iid, target) not in d.seen_rel:
+                d.seen_rel.add((iid, target))
+                d.rel(iid, "GENERATED_FROM", target)
+    return iid
+
+
 def _origin_package(d: _Doc, origin: dict[str, Any]) -> str:
     """A download or package a sysext file was taken from, with every field the bundle recorded."""
     kind = origin.get("kind", "other")
@@ -317,15 +355,22 @@ def _origin_package(d: _Doc, origin: dict[str, Any]) -> str:
     label = origin.get("package") or origin.get("name") or (url.rsplit("/", 1)[-1] if url else kind)
     fields = {k: v for k, v in origin.items() if k not in ("kind", "bundle")}
     sha = origin.get("sha256")
+    purl = None
+    if kind == "deb" and origin.get("package") and origin.get("version"):
+        pkg = {"category": "debian", "name": origin["package"], "version": origin["version"]}
+        purl = _purl(pkg, origin.get("architecture") or "amd64")
     return d.package(
         spdx_id("Origin", kind, sha[:16] if isinstance(sha, str) else str(label)),
         str(label),
         versionInfo=origin.get("version"),
+        packageFileName=origin.get("filename"),
         downloadLocation=_download(url),
         checksums=_checksums(sha256=sha if isinstance(sha, str) else None),
         primaryPackagePurpose="ARCHIVE" if kind in _ARCHIVE_KINDS else "FILE",
         sourceInfo=f"{kind}: " + json.dumps(fields, sort_keys=True, separators=(",", ":")),
-    )
+        externalRefs=[{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                       "referenceLocator": purl}] if purl else None,
+    )  # fmt: skip
 
 
 def _ignition(d: _Doc, release: dict[str, Any], extras: dict[str, Any]) -> str | None:

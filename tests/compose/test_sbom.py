@@ -211,3 +211,73 @@ def test_sbom_command_refusals(release, tmp_path):
 def test_split_package(line, expect):
     p = sbom.split_package(line)
     assert (p["category"], p["name"], p["version"]) == expect
+
+
+def test_downloaded_and_image_origins(tmp_path):
+    """Origins of the kinds other bundle sources record (sysext/README.md's shape): a Debian
+    package, an archive member of a URL, and a preloaded OCI image built from a package. Each
+    becomes one element (shared across files), with the right relationship; spdx-tools agrees."""
+    deb = {"kind": "deb", "bundle": "rt", "package": "containerd",
+           "version": "1.6.20~ds1-1+deb12u3", "architecture": "amd64", "sha256": "ab" * 32,
+           "filename": "pool/main/c/containerd/containerd_1.6.20~ds1-1+deb12u3_amd64.deb",
+           "url": "https://deb.debian.org/debian/pool/main/c/containerd/x.deb"}  # fmt: skip
+    tar = {"kind": "url", "bundle": "rt", "url": "https://github.com/x/cni.tgz",
+           "sha256": "cd" * 32, "extract": "./bridge"}  # fmt: skip
+    inner = {
+        "path": "/catatonit",
+        "type": "file",
+        "mode": "0755",
+        "sha1": "1" * 40,
+        "sha256": "2" * 64,
+        "origin": dict(deb, package="catatonit", sha256="ef" * 32),
+    }
+    image = {"kind": "oci-image", "bundle": "rt", "name": "pause",
+             "ref": "registry.k8s.io/pause:3.9", "manifest_digest": "sha256:" + "9" * 64,
+             "files": [inner]}  # fmt: skip
+
+    def f(path, origin, n):
+        return {"path": path, "type": "file", "mode": "0755", "size": 1, "sha1": str(n) * 40,
+                "sha256": str(n) * 64, "origin": origin}  # fmt: skip
+
+    contents = [
+        f("/usr/bin/containerd", deb, 3),
+        f("/usr/bin/ctr", deb, 4),
+        f("/usr/libexec/cni/bridge", tar, 5),
+        f("/usr/share/rt/pause.tar", image, 6),
+    ]
+    release = {
+        "name": "r",
+        "version": "1",
+        "source_date_epoch": 0,
+        "base": {},
+        "usr": {},
+        "os_release": {},
+        "sysexts": [
+            {
+                "name": "rt",
+                "version": "1",
+                "sha256": "0" * 64,
+                "path": "/opt/extensions/rt/rt-1.raw",
+            }
+        ],
+        "outputs": [{"file": "r-1.bin", "format": "raw", "size": 1, "sha256": "7" * 64}],
+    }
+    doc = sbom.build(release, {"sysext_contents": {"rt": contents}})  # fmt: skip
+    path = tmp_path / "x.spdx.json"
+    path.write_bytes(sbom.dumps(doc))
+    assert validate(path) == []
+    pkgs = {p["SPDXID"]: p for p in doc["packages"]}
+    files = {f["fileName"]: f["SPDXID"] for f in doc["files"]}
+    rels = {(r["spdxElementId"], r["relationshipType"]): r["relatedSpdxElement"]
+            for r in doc["relationships"]}  # fmt: skip
+    ctd = rels[(files["./usr/bin/containerd"], "EXPANDED_FROM_ARCHIVE")]
+    assert rels[(files["./usr/bin/ctr"], "EXPANDED_FROM_ARCHIVE")] == ctd  # one package
+    assert pkgs[ctd]["name"] == "containerd" and pkgs[ctd]["versionInfo"] == deb["version"]
+    assert pkgs[ctd]["downloadLocation"] == deb["url"]
+    assert pkgs[ctd]["externalRefs"][0]["referenceLocator"] == (
+        "pkg:deb/debian/containerd@1.6.20~ds1-1%2Bdeb12u3?arch=amd64")  # fmt: skip
+    cni = rels[(files["./usr/libexec/cni/bridge"], "EXPANDED_FROM_ARCHIVE")]
+    assert pkgs[cni]["checksums"][0]["checksumValue"] == "cd" * 32
+    img = rels[(files["./usr/share/rt/pause.tar"], "GENERATED_FROM")]
+    assert pkgs[img]["primaryPackagePurpose"] == "CONTAINER"
+    assert pkgs[rels[(img, "GENERATED_FROM")]]["name"] == "catatonit"
