@@ -40,7 +40,7 @@ from acl_compose.sysext.policy import enforce
 from acl_compose.trust import verity
 from acl_compose.util import atomic_file, default_cache_dir, sha256_file
 
-CACHE_FORMAT = 2  # bump when the image layout changes, to invalidate cached builds
+CACHE_FORMAT = 3  # bump when the image layout changes, to invalidate cached builds
 
 
 # ---------------------------------------------------------------- filesystem makers
@@ -68,6 +68,9 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: 
 
     Timestamps: fixed to 0 (and the tree's mtimes are 0 too); owners: root; xattrs of the
     build directory (e.g. SELinux labels) are not stored; the UUID comes from the digest.
+    SOURCE_DATE_EPOCH is kept from both tools: mkfs.erofs 1.5 would stamp it into the image
+    (so a cached image would depend on the caller's environment) and mksquashfs 4.5 refuses
+    it beside -mkfs-time/-all-time.
     `offset` (squashfs only) writes the filesystem that far into `out`: a DDI's data slot.
     """
     if bundle.filesystem == "erofs":
@@ -82,7 +85,7 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: 
         if bundle.compression != "none":
             argv.append(f"-z{bundle.compression}")
         assert not offset, "mkfs.erofs 1.5 cannot write at an offset"
-        run([*argv, out, tree])
+        run([*_NO_SDE, *argv, out, tree])
     else:
         argv = ["mksquashfs", tree, out, "-noappend", "-all-root", "-reproducible"]
         if offset:
@@ -92,7 +95,10 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: 
             argv += ["-noI", "-noD", "-noF", "-noX"]
         else:
             argv += ["-comp", bundle.compression]
-        run(argv)
+        run([*_NO_SDE, *argv])
+
+
+_NO_SDE = ["env", "-u", "SOURCE_DATE_EPOCH"]
 
 
 # ---------------------------------------------------------------- build

@@ -620,3 +620,24 @@ def test_entry_from_before_extents_is_reused(
     again = sysext.build(bundle, tmp_path / "b", cache_dir=cache_dir)
     assert again["sha256"] == first["sha256"]
     assert sorted(p.name for p in entry.iterdir()) == ["fs.img", "meta.json", "verity.img"]
+
+
+@pytest.mark.parametrize("filesystem", ["erofs", "squashfs"])
+def test_source_date_epoch_does_not_reach_mkfs(tmp_path: Path, filesystem: str) -> None:
+    """compose sets SOURCE_DATE_EPOCH; mkfs.erofs would stamp it into the image (so the cache,
+    keyed by content, could hand out bytes that depend on the caller's environment) and
+    mksquashfs refuses it beside -all-time. Builds with and without it are identical."""
+    bundle = tmp_path / "b"
+    (bundle / "files").mkdir(parents=True)
+    (bundle / "files" / "x.conf").write_text("x\n")
+    (bundle / "sysext.yaml").write_text(
+        f"name: b\nversion: '1'\nfilesystem: {filesystem}\n"
+        "files:\n  - {path: /usr/lib/b/x.conf, from: files/x.conf}\n"
+    )
+    hashes = set()
+    for i, sde in enumerate(("", "1700000000", "1800000000")):
+        env = {"SOURCE_DATE_EPOCH": sde} if sde else {}
+        proc = run_cli("--json", "--cache-dir", tmp_path / f"c{i}", "sysext", "build", bundle,
+                       "-o", tmp_path / f"o{i}", env=env, check=True)  # fmt: skip
+        hashes.add(json.loads(proc.stdout)["sha256"])
+    assert len(hashes) == 1
