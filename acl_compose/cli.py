@@ -21,6 +21,55 @@ from acl_compose.util import default_cache_dir
 _state = {"verbose": False}
 
 
+VERBOSE_HELP = "Debug logging and tracebacks."
+JSON_HELP = "Machine-readable result on stdout (and nothing else there)."
+CACHE_HELP = "Cache directory [default: $XDG_CACHE_HOME/acl-compose]."
+CACHE_ENV = "ACL_COMPOSE_CACHE_DIR"
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _state["verbose"] = True
+        setup_logging(True)
+        ctx.ensure_object(App).verbose = True
+
+
+def _set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(App).json = True
+
+
+def _set_cache_dir(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(App).cache_dir = value
+
+
+def _global_options() -> list[click.Option]:
+    """The group's options again, for every subcommand: `acl-compose inspect --json X` works
+    as `acl-compose --json inspect X` does. They only set what was given (a flag before the
+    command stays set)."""
+    return [
+        click.Option(["-v", "--verbose"], is_flag=True, expose_value=False,
+                     callback=_set_verbose, help=VERBOSE_HELP),
+        click.Option(["--json"], is_flag=True, expose_value=False, callback=_set_json,
+                     help=JSON_HELP),
+        click.Option(["--cache-dir"], type=click.Path(file_okay=False, path_type=Path),
+                     expose_value=False, callback=_set_cache_dir, help=CACHE_HELP),
+    ]  # fmt: skip
+
+
+def add_global_options(command: click.Command) -> click.Command:
+    """Attach the global options to `command` and, for a group, to everything under it."""
+    if not getattr(command, "acl_globals", False):
+        taken = {o for p in command.params for o in p.opts}
+        command.params.extend(o for o in _global_options() if not taken & set(o.opts))
+        command.acl_globals = True  # type: ignore[attr-defined]
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_global_options(sub)
+    return command
+
+
 class LazyGroup(click.Group):
     """Imports a command's module only when that command is used (fast start-up)."""
 
@@ -28,22 +77,28 @@ class LazyGroup(click.Group):
         return sorted(commands.LAZY_COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        return commands.load(cmd_name)
+        command = commands.load(cmd_name)
+        return add_global_options(command) if command is not None else None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="acl-compose")
-@click.option("-v", "--verbose", is_flag=True, help="Debug logging and tracebacks.")
-@click.option("--json", "json_", is_flag=True, help="Machine-readable result on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
+@click.option("--json", "json_", is_flag=True, help=JSON_HELP)
 @click.option(
     "--cache-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Cache directory [default: $XDG_CACHE_HOME/acl-compose].",
+    envvar=CACHE_ENV,
+    show_envvar=True,
+    help=CACHE_HELP,
 )
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, json_: bool, cache_dir: Path | None) -> None:
-    """Compose, sign and boot-test immutable Flatcar container hosts."""
+    """Compose, sign and boot-test immutable Flatcar container hosts.
+
+    Global options may also follow the command: `acl-compose inspect --json IMAGE`.
+    """
     _state["verbose"] = verbose
     setup_logging(verbose)
     ctx.obj = App(verbose=verbose, json=json_, cache_dir=cache_dir or default_cache_dir())

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import json
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -94,6 +97,30 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """`kill` (SIGTERM) unwinds like Ctrl-C, so the staging folder is removed.
+    (SIGKILL cannot be caught: it leaves `.OUT_DIR.*.tmp` beside OUT_DIR, never OUT_DIR.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:  # a forked worker (verity's pool): die as usual, quietly
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def safe_join(root: str | os.PathLike[str], relative: str, what: str = "path") -> Path:
     """Join `relative` under `root`, refusing anything that escapes it (.., absolute, symlinks)."""
     root_p = Path(root).resolve()
@@ -117,3 +144,176 @@ def hash_file(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def refuse_overwriting_inputs(
+    output: str | os.PathLike[str] | None, *inputs: str | os.PathLike[str] | None
+) -> None:
+    """An output file must not be a directory or one of the command's own inputs."""
+    if output is None:
+        return
+    out = Path(output)
+    if out.is_dir():
+        raise InputError(f"output {out} is a directory", hint="give a file name to write")
+    for i in inputs:
+        if i is not None and out.exists() and Path(i).exists() and os.path.samefile(out, i):
+            raise InputError(
+                f"output {out} is also an input ({i})", hint="write the output to another file"
+            )
+
+
+# ----------------------------------------------------------------- output folders
+
+OUTPUT_RECORD = ".acl-compose-output.json"
+
+
+class OutputDir:
+    """The one rule for every `-o/--output DIR` (README, "Conventions of every command").
+
+    - DIR missing or empty: created, holding only this command's files.
+    - DIR holds a previous output of the same command (the record file below names what that
+      command wrote there): those files may be replaced; nothing else there is touched.
+    - any other non-empty DIR: refused, unless `force`; then the files are added beside.
+    A file the tool did not write is never replaced or deleted, force or not. Everything is
+    built in a staging directory beside DIR (same filesystem) and moved in only when the
+    command succeeded, so a failure leaves DIR as it was.
+
+    `replace`: the new output replaces the previous one of the same command (its files that
+    were not written again go); otherwise outputs accumulate (`sysext build` of two bundles).
+    `previous`: how to recognise an earlier output by its own files instead of a record
+    (compose: release.json lists everything it wrote, so a release folder carries no record).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        command: str,
+        *,
+        force: bool = False,
+        replace: bool = False,
+        previous: Callable[[Path], set[str]] | None = None,
+    ) -> None:
+        from acl_compose.ui import opt
+
+        self.path = Path(path)
+        self.command = command
+        self.replace = replace
+        self.record = previous is None
+        self.records: dict[str, list[str]] = {}
+        self.owned: set[str] = set()
+        if not (self.path.exists() or self.path.is_symlink()):
+            return
+        if not self.path.is_dir():
+            raise InputError(
+                f"output {self.path} exists and is not a folder",
+                hint="give a folder (new, empty, or an earlier output of this command)",
+            )
+        self.records = self._read_records()
+        self.owned = set(self.records.get(command, ()))
+        if not self.owned and previous is not None:
+            self.owned = previous(self.path)
+        others = [n for n in os.listdir(self.path) if n != OUTPUT_RECORD]
+        if others and not self.owned and not force:
+            force_opt = opt("--force", "")
+            raise InputError(
+                f"output folder {self.path} is not empty and holds no earlier output of "
+                f"`acl-compose {command}`",
+                hint="choose a new or empty folder"
+                + (f", or pass {force_opt} to add to it" if force_opt else "")
+                + " (files acl-compose did not write are never replaced or deleted)",
+            )
+
+    def _read_records(self) -> dict[str, list[str]]:
+        try:
+            data = json.loads((self.path / OUTPUT_RECORD).read_text())
+            commands = data["commands"]
+            return {str(k): [str(f) for f in v] for k, v in commands.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def check(self, names: Iterable[str]) -> None:
+        """Refuse (before any work, when the names are known) to replace what we did not
+        write. Names are relative paths; parents must be folders, not symlinks."""
+        for rel in names:
+            dest = self.path / rel
+            for parent in list(Path(rel).parents)[:-1]:
+                p = self.path / parent
+                if p.is_symlink() or (p.exists() and not p.is_dir()):
+                    raise self._conflict(p)
+            if (dest.exists() or dest.is_symlink()) and rel not in self.owned:
+                raise self._conflict(dest)
+
+    def _conflict(self, path: Path) -> InputError:
+        return InputError(
+            f"{path} exists and was not written by `acl-compose {self.command}`",
+            hint="move it away or choose another output folder: acl-compose never replaces or "
+            "deletes files it did not write",
+        )
+
+    @contextlib.contextmanager
+    def staging(self, last: Sequence[str] = (), remove: Sequence[str] = ()) -> Iterator[Path]:
+        """A temporary folder to write the output into; moved into DIR on success.
+
+        `last`: names moved in last (and, if owned, removed first), so that a release.json in
+        DIR always describes complete files. `remove`: names to delete if we wrote them before
+        (stale side files)."""
+        parent = self.path.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
+        try:
+            yield tmp
+            self._commit(tmp, last, remove)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _commit(self, staged: Path, last: Sequence[str], remove: Sequence[str]) -> None:
+        files = _tree_files(staged)
+        self.check(files + [r for r in remove if r not in files])
+        if self.replace:
+            stale = self.owned - set(files)
+        else:
+            stale = {r for r in remove if r in self.owned and r not in files}
+        records = dict(self.records)
+        records[self.command] = sorted(set(files) | (set() if self.replace else self.owned - stale))
+        record = json.dumps({"commands": records}, indent=2, sort_keys=True).encode()
+        if not self.path.exists():
+            if self.record:
+                atomic_write(staged / OUTPUT_RECORD, record)
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.chmod(staged, 0o777 & ~umask)  # mkdtemp made it 0700
+            os.replace(staged, self.path)
+            return
+        ordered = [f for f in files if f not in last] + [f for f in last if f in files]
+        for rel in last:
+            if rel in self.owned:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path / rel)
+        for rel in ordered:
+            (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged / rel, self.path / rel)
+        for rel in sorted(stale):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                os.unlink(self.path / rel)
+            for parent in list(Path(rel).parents)[:-1]:  # folders it leaves empty
+                try:
+                    os.rmdir(self.path / parent)
+                except OSError:
+                    break
+        if self.record:
+            atomic_write(self.path / OUTPUT_RECORD, record)
+
+
+def _tree_files(root: Path) -> list[str]:
+    """Relative paths of the files and symlinks under `root` (symlinks are not followed)."""
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                else:
+                    out.append(str(Path(e.path).relative_to(root)))
+    return sorted(out)

@@ -63,7 +63,7 @@ def main() -> int:
 
     keys = OUT / "keys"
     if not (keys / "release.key").is_file():
-        if acl("keys", "generate", "--out", keys).returncode:
+        if acl("keys", "generate", "-o", keys).returncode:
             return 1
 
     t = step("2/4 serve it on loopback and compose examples/manifest.yaml")

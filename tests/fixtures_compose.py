@@ -118,7 +118,7 @@ def release_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from tests.conftest import run_cli
 
     d = tmp_path_factory.mktemp("release-key")
-    run_cli("keys", "generate", "--out", d, check=True)
+    run_cli("keys", "generate", "-o", d, check=True)
     return d / "release.key", d / "release.crt"
 
 

@@ -29,7 +29,8 @@ _accel = click.option(
 )
 _memory = click.option("--memory", type=click.IntRange(256), default=2048, show_default=True,
                        help="Guest memory in MiB.")  # fmt: skip
-_cpus = click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
+_cpus = click.option("--cpus", type=click.IntRange(1), default=2, show_default=True,
+                     help="Guest CPUs.")  # fmt: skip
 _ignition = click.option(
     "--ignition",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),

@@ -6,22 +6,33 @@ from pathlib import Path
 
 import click
 
+from acl_compose import ui
+from acl_compose.commands import options
 from acl_compose.ui import App, pass_app
 
 
+@ui.spelled({
+    "--release": "base.release in the manifest",
+    "--board": "base.board in the manifest",
+    "--channel": "base.channel in the manifest",
+    "--cert": "the release certificate (signing.cert in the manifest)",
+    "--key": "the release key (signing.key in the manifest)",
+})  # fmt: skip
 @click.command("compose")
 @click.argument(
     "manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False, path_type=Path)
 )
-@click.option(
-    "-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-    help="Release directory to write (replaced atomically when everything succeeded).",
-)  # fmt: skip
+@options.output_dir(
+    "Release folder: new, empty, or an earlier compose output (its files are replaced; "
+    "nothing else there is touched)."
+)
+@options.FORCE
 @click.option("--base-url", help="Override base.base_url (e.g. a loopback testbed server).")
 @click.option(
-    "--base-path", type=click.Path(path_type=Path), help="Override base with a local image."
-)
-@click.option("--trusted-key", help="Override base.trusted_key (OpenPGP fingerprint).")
+    "--base-path", type=click.Path(path_type=Path),
+    help="Use this local image or SDK output folder as the base instead of the manifest's base.",
+)  # fmt: skip
+@click.option("--trusted-key", metavar="FPR", help="Override base.trusted_key (fingerprint).")
 @click.option(
     "--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Override base.keyring."
 )
@@ -30,19 +41,26 @@ from acl_compose.ui import App, pass_app
     "--check-reproducible", is_flag=True,
     help="Compose twice with separate caches; write OUT_DIR only if every byte matches.",
 )  # fmt: skip
+@options.passphrase
 @pass_app
 def compose_cmd(
     app: App,
     manifest_path: Path,
     out_dir: Path,
+    force: bool,
     base_url: str | None,
     base_path: Path | None,
     trusted_key: str | None,
     keyring: Path | None,
     offline: bool,
     check_reproducible: bool,
+    passphrase_file: Path | None,
+    passphrase_env: str | None,
 ) -> None:
-    """Compose the release described by MANIFEST into OUT_DIR, signed."""
+    """Compose the release described by MANIFEST into OUT_DIR, signed.
+
+    The key passphrase options override the manifest's signing.passphrase_file.
+    """
     from acl_compose.compose import compose, load_manifest
 
     overrides = {
@@ -52,13 +70,14 @@ def compose_cmd(
         "keyring": keyring,
         "offline": offline,
     }
+    passphrase = options.read_passphrase(passphrase_file, passphrase_env)
     m = load_manifest(manifest_path, overrides)
     if check_reproducible:
         from acl_compose.provenance import check_reproducible as twice
 
-        release = twice(m, out_dir, app.cache_dir)
+        release = twice(m, out_dir, app.cache_dir, force=force, passphrase=passphrase)
     else:
-        release = compose(m, out_dir, app.cache_dir)
+        release = compose(m, out_dir, app.cache_dir, force=force, passphrase=passphrase)
     lines = [
         f"{out_dir}/{o['file']}  {o['format']}  sha256 {o['sha256']}" for o in release["outputs"]
     ]
@@ -71,7 +90,7 @@ def compose_cmd(
 
 @click.command("inspect")
 @click.argument("image_path", metavar="IMAGE", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--no-verify", is_flag=True, help="Skip recomputing the /usr hash tree.")
+@click.option("--no-verify", is_flag=True, help="Skip recomputing the /usr hash tree (faster).")
 @pass_app
 def inspect_cmd(app: App, image_path: Path, no_verify: bool) -> None:
     """Show what a disk image holds: partitions, version, verity, OEM, Ignition, sysexts."""

@@ -6,16 +6,28 @@ from pathlib import Path
 
 import click
 
-from acl_compose.fetch import BOARDS, CHANNELS, CURRENT
+from acl_compose.commands import options
+from acl_compose.commands.options import usage_check
+from acl_compose.fetch import BOARDS, CHANNELS, CURRENT, check_artifact_name, check_version
+from acl_compose.trust import gpg
 from acl_compose.ui import App, human_size, info, pass_app
+from acl_compose.util import OutputDir
+
+
+def _artifacts(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(check_artifact_name(n) for n in names)
 
 
 @click.command("fetch")
-@click.option("--channel", type=click.Choice(CHANNELS), default="stable", show_default=True)
+@click.option("--channel", type=click.Choice(CHANNELS), default="stable", show_default=True,
+              help="Release channel (picks Flatcar's server for it).")  # fmt: skip
 @click.option(
-    "--release", "release", default=CURRENT, show_default=True, help="VERSION or 'current'."
-)
-@click.option("--board", type=click.Choice(BOARDS), default="amd64-usr", show_default=True)
+    "--release", "release", default=CURRENT, show_default=True,
+    callback=usage_check(lambda v: v if v == CURRENT else check_version(v)),
+    help="VERSION (MAJOR.MINOR.PATCH) or 'current'.",
+)  # fmt: skip
+@click.option("--board", type=click.Choice(BOARDS), default="amd64-usr", show_default=True,
+              help="Architecture board directory.")  # fmt: skip
 @click.option(
     "--base-url",
     help="Board directory holding VERSION/ folders (https://, file://), or a local directory"
@@ -26,6 +38,7 @@ from acl_compose.ui import App, human_size, info, pass_app
     "artifacts",
     multiple=True,
     metavar="NAME",
+    callback=usage_check(_artifacts),
     help="File to fetch (repeatable) instead of the compose set (version.txt is always fetched).",
 )
 @click.option(
@@ -36,6 +49,7 @@ from acl_compose.ui import App, human_size, info, pass_app
 @click.option(
     "--trusted-key",
     metavar="FPR",
+    callback=usage_check(gpg.normalize_fingerprint),
     help="Primary fingerprint to trust. [default: Flatcar's F88CFEDE...0593B34A]",
 )
 @click.option("--offline", is_flag=True, help="Use only the cache; fail if something is missing.")
@@ -50,12 +64,12 @@ from acl_compose.ui import App, human_size, info, pass_app
     is_flag=True,
     help="Every check there is; today the same as --check-file-signatures.",
 )
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Also place the verified files in DIR (hard links when possible).",
+@options.output_dir(
+    "Also place the verified files here (hard links when possible): a new or empty folder, "
+    "or an earlier `fetch` output (exports accumulate).",
+    required=False,
 )
+@options.FORCE
 @pass_app
 def fetch_cmd(
     app: App,
@@ -69,7 +83,8 @@ def fetch_cmd(
     offline: bool,
     check_file_signatures: bool,
     strict: bool,
-    output: Path | None,
+    out_dir: Path | None,
+    force: bool,
 ) -> None:
     """Download a Flatcar release and verify it against its signed SHA512 DIGESTS.
 
@@ -79,6 +94,8 @@ def fetch_cmd(
     """
     from acl_compose import fetch as fetch_mod
 
+    if out_dir:
+        OutputDir(out_dir, "fetch", force=force)  # refused now, not after the download
     result = fetch_mod.fetch_release(
         cache_dir=app.cache_dir,
         channel=channel,
@@ -101,8 +118,8 @@ def fetch_cmd(
         )
     paths = [a.path for a in result.artifacts]
     data = result.to_json()
-    if output:
-        paths = fetch_mod.export(result.artifacts, output)
+    if out_dir:
+        paths = fetch_mod.export(result.artifacts, out_dir, force=force)
         for entry, path in zip(data["artifacts"], paths, strict=True):
             entry["output"] = str(path)
     app.emit(data, [str(p) for p in paths])

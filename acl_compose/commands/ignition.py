@@ -13,7 +13,7 @@ import click
 from acl_compose import ignition
 from acl_compose.ignition import IgnitionError, Locator
 from acl_compose.ui import App, pass_app, warn
-from acl_compose.util import atomic_write
+from acl_compose.util import atomic_write, refuse_overwriting_inputs
 
 T = TypeVar("T")
 
@@ -77,6 +77,7 @@ def render_cmd(
     if output is None:
         click.echo(ignition.dumps(config, pretty))
         return
+    refuse_overwriting_inputs(output, input_)
     result = _write(config, output, pretty)
     result["warnings"] = warnings
     app.emit(result, f"wrote {output} (Ignition {result['version']}, {result['size']} bytes)")
@@ -146,15 +147,14 @@ def validate_cmd(app: App, files: tuple[Path, ...], files_dir: Path | None) -> N
 @click.option(
     "-o",
     "--output",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write the merged Ignition JSON.",
+    help="Write the merged Ignition JSON here [default: stdout].",
 )
 @FILES_DIR
 @click.option("--pretty", is_flag=True, help="Indented JSON instead of compact.")
 @pass_app
 def merge_cmd(
-    app: App, files: tuple[Path, ...], output: Path, files_dir: Path | None, pretty: bool
+    app: App, files: tuple[Path, ...], output: Path | None, files_dir: Path | None, pretty: bool
 ) -> None:
     """Merge FILES (YAML or JSON) left to right with Ignition's rules: later entries win."""
     warnings: list[str] = []
@@ -169,6 +169,10 @@ def merge_cmd(
     warnings += _all_errors(lambda: ignition.validate(merged, Locator("merged result")))
     for w in warnings:
         warn(w)
+    if output is None:
+        click.echo(ignition.dumps(merged, pretty))
+        return
+    refuse_overwriting_inputs(output, *files)
     result = _write(merged, output, pretty)
     result.update(inputs=[str(f) for f in files], warnings=warnings)
     app.emit(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from acl_compose import sysext
+from acl_compose.commands import options
 from acl_compose.ui import App, pass_app, step, warn
 
 
@@ -17,45 +18,42 @@ def sysext_group() -> None:
 
 @sysext_group.command("build")
 @click.argument("bundle_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "-o",
-    "--output",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Output directory for NAME.raw.",
+@options.output_dir(
+    "Folder for NAME.raw: new, empty, or an earlier `sysext build` output (builds accumulate)."
 )
-@click.option("--key", type=click.Path(dir_okay=False, path_type=Path), help="Signing key (PEM).")
+@options.FORCE
+@click.option(
+    "--key", type=click.Path(dir_okay=False, path_type=Path),
+    help="Signing key (PEM) for the root-hash signature [default: unsigned].",
+)  # fmt: skip
 @click.option(
     "--cert", type=click.Path(dir_okay=False, path_type=Path), help="Certificate matching --key."
 )
-@click.option(
-    "--passphrase-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="File whose first line is the key passphrase.",
-)
+@options.passphrase
 @click.option(
     "--format",
     "fmt",
     type=click.Choice(["ddi", "raw"]),
     default="ddi",
     show_default=True,
-    help="GPT disk image, or bare filesystem with side files.",
+    help="ddi: a GPT disk image; raw: a bare filesystem with systemd's side files.",
 )
 @pass_app
 def build_cmd(
     app: App,
     bundle_dir: Path,
     out_dir: Path,
+    force: bool,
     key: Path | None,
     cert: Path | None,
     passphrase_file: Path | None,
+    passphrase_env: str | None,
     fmt: str,
 ) -> None:
     """Build OUT_DIR/<name>.raw from BUNDLE_DIR (sysext.yaml + files/)."""
-    from acl_compose.trust import signing
-
-    passphrase = signing.read_passphrase(passphrase_file) if passphrase_file else None
+    if (key is None) != (cert is None):
+        raise click.UsageError("--key and --cert go together: give both, or neither (unsigned)")
+    passphrase = options.read_passphrase(passphrase_file, passphrase_env)
     with step(f"building sysext from {bundle_dir}"):
         result = sysext.build(
             bundle_dir,
@@ -65,6 +63,7 @@ def build_cmd(
             passphrase=passphrase,
             fmt=fmt,
             cache_dir=app.cache_dir,
+            force=force,
         )
     if not result["signed"]:
         warn(f"{result['path']} is unsigned: pass --key and --cert to sign its dm-verity root hash")
@@ -86,12 +85,12 @@ def build_cmd(
     "base",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="os-release of the base image.",
+    help="The base image's os-release file (ID, VERSION_ID, SYSEXT_LEVEL).",
 )
 @click.option(
     "--cert",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Certificate the images must be signed with.",
+    help="Certificate the images must be signed with [default: signatures not checked].",
 )
 @pass_app
 @click.pass_context

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
 import click
 
+from acl_compose.commands import options
+from acl_compose.commands.options import usage_check
+from acl_compose.fetch import check_version
+from acl_compose.testbed import DEFAULT_VERSION
 from acl_compose.ui import App, pass_app
+from acl_compose.util import OutputDir
 
 
 @click.group("testbed")
@@ -16,26 +22,35 @@ def testbed() -> None:
 
 
 @testbed.command("build")
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Copy the release tree here (default: use it in place in the cache).",
+@options.output_dir(
+    "Also copy the release tree here: new, empty, or an earlier `testbed build` output "
+    "[default: use it in place in the cache].",
+    required=False,
 )
+@options.FORCE
 @click.option(
     "--version",
     "version",
-    default=None,
+    default=DEFAULT_VERSION,
+    show_default=True,
     metavar="VERSION",
-    help="Release version to build (default 9999.2.0).",
+    callback=usage_check(lambda v: check_version(v, "testbed version")),
+    help="Release version to build (MAJOR.MINOR.PATCH).",
 )
-@click.option("--force", is_flag=True, help="Rebuild even when the cache has this build.")
+@click.option("--rebuild", is_flag=True, help="Rebuild even when the cache has this build.")
 @pass_app
-def build_cmd(app: App, output: Path | None, version: str | None, force: bool) -> None:
+def build_cmd(app: App, out_dir: Path | None, force: bool, version: str, rebuild: bool) -> None:
     """Build the testbed release (cached; needs root for a cold build)."""
-    from acl_compose.testbed import DEFAULT_VERSION, build
+    from acl_compose.testbed import KEY_FILE, build
 
-    info = build(app.cache_dir, version or DEFAULT_VERSION, output=output, force=force)
+    # The output-folder rule is checked before a build that may take minutes.
+    output = OutputDir(out_dir, "testbed build", force=force, replace=True) if out_dir else None
+    info = build(app.cache_dir, version, force=rebuild)
+    if output is not None:
+        with output.staging() as stage:
+            shutil.copytree(info["release_dir"], stage, symlinks=True, dirs_exist_ok=True)
+        info["release_dir"] = str(output.path.resolve())
+        info["key_file"] = str(output.path.resolve() / KEY_FILE)
     app.emit(
         info,
         [
@@ -52,8 +67,11 @@ def build_cmd(app: App, output: Path | None, version: str | None, force: bool) -
 
 @testbed.command("serve")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--port", type=int, default=0, show_default=True, help="0 picks a free port.")
-@click.option("--bind", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+    help="TCP port (the default is examples/manifest.yaml's); 0 picks a free one.",
+)  # fmt: skip
+@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @pass_app
 def serve_cmd(app: App, directory: Path, port: int, bind: str) -> None:
     """Serve a release tree over HTTP until Ctrl-C; prints the --base-url for fetch."""

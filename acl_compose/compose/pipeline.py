@@ -1,9 +1,11 @@
 """Compose a signed release: Flatcar base + sysexts + Ignition, offline and without root.
 
 `compose(manifest, out_dir)` runs the pipeline below, one function per step, each with a
-progress line. Everything is built in a temporary directory beside OUT_DIR (util.atomic_dir)
-that is renamed into place only after every step succeeded, so an error, Ctrl-C or kill leaves
-no partial output. Large files are streamed and copied sparsely: memory stays flat.
+progress line and its time. OUT_DIR follows the output-folder rule (util.OutputDir): new, empty
+or an earlier compose output (release.json); files compose did not write are never touched.
+Everything is built in a temporary directory beside OUT_DIR and moved in only after every step
+succeeded, so an error, Ctrl-C or kill leaves OUT_DIR as it was. Large files are streamed and
+copied sparsely: memory stays flat.
 
 Caches (under the cache dir, all content-addressed):
 - `compose/base/<key>/`: the decompressed base image (read-only) and what was verified about
@@ -14,15 +16,11 @@ Caches (under the cache dir, all content-addressed):
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ class State:
     work: Path  # scratch space inside it, removed before the rename
     cache_dir: Path
     sde: int
+    passphrase: bytes | None = None
     key: Any = None
     cert: Any = None
     cert_pem: bytes = b""
@@ -73,14 +72,54 @@ class State:
     sbom: dict[str, Any] = field(default_factory=dict)  # sbom.build's extras
 
 
+RELEASE_JSON = "release.json"
+RELEASE_P7S = "release.json.p7s"
+
+
+def previous_release_files(out_dir: Path) -> set[str]:
+    """What an earlier compose wrote in `out_dir`, told by its release.json (older outputs
+    carry no output record)."""
+    try:
+        release = json.loads((out_dir / RELEASE_JSON).read_text())
+        files = {str(o["file"]) for o in release["outputs"]}
+        if release.get("sbom"):
+            files.add(str(release["sbom"]["file"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    return {RELEASE_JSON, RELEASE_P7S} | {f for f in files if "/" not in f}
+
+
+def release_output(manifest: Manifest, out_dir: Path, force: bool = False) -> util.OutputDir:
+    """OUT_DIR under the output-folder rule, its names checked now, not after minutes of work.
+    Stage into it with `staging(last=RELEASE_LAST)`."""
+    out = util.OutputDir(
+        out_dir, "compose", force=force, replace=True, previous=previous_release_files
+    )
+    names = [outputs.output_name(manifest.stem, f) for f in manifest.outputs]
+    out.check([*names, sbom_name(manifest), RELEASE_JSON, RELEASE_P7S])
+    return out
+
+
+# Moved in last (and an earlier one removed first): a release.json describes complete files.
+RELEASE_LAST = [RELEASE_P7S, RELEASE_JSON]
+
+
 def compose(
-    manifest: Manifest, out_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
+    manifest: Manifest,
+    out_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    passphrase: bytes | None = None,
 ) -> dict[str, Any]:
-    """Run the whole pipeline; returns release.json's content."""
+    """Run the whole pipeline; returns release.json's content. `passphrase` (of the signing
+    key) wins over the manifest's signing.passphrase_file."""
+    start = time.monotonic()
     out_dir = Path(out_dir).resolve()
     sde = _source_date_epoch(manifest)
-    with _terminate_as_interrupt(), util.atomic_dir(out_dir) as tmp:
-        st = State(manifest, tmp, tmp / ".work", Path(cache_dir), sde)
+    out = release_output(manifest, out_dir, force)
+    with util.terminate_as_interrupt(), out.staging(last=RELEASE_LAST) as tmp:
+        st = State(manifest, tmp, tmp / ".work", Path(cache_dir), sde, passphrase=passphrase)
         st.work.mkdir()
         load_signing(st)
         fetch_base(st)
@@ -94,31 +133,8 @@ def compose(
         write_outputs(st)
         release = write_release(st)
         shutil.rmtree(st.work)
+    ui.info(f"composed {manifest.stem} into {out_dir} in {time.monotonic() - start:.1f}s")
     return release
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """`kill` (SIGTERM) unwinds like Ctrl-C, so atomic_dir removes the temporary output.
-    (SIGKILL cannot be caught: it leaves `.OUT_DIR.*.tmp` beside OUT_DIR, never OUT_DIR.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    owner = os.getpid()
-
-    def handler(signum: int, frame: Any) -> None:
-        if os.getpid() != owner:  # a forked worker (verity's pool): die as usual, quietly
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _source_date_epoch(manifest: Manifest) -> int:
@@ -141,10 +157,9 @@ def load_signing(st: State) -> None:
 
     with ui.step("load the release signing key"):
         sg = st.manifest.signing
-        passphrase = (
-            signing.read_passphrase(file=sg.passphrase_file) if sg.passphrase_file else None
-        )
-        st.key = signing.load_key(sg.key, passphrase)
+        if st.passphrase is None and sg.passphrase_file:
+            st.passphrase = signing.read_passphrase(file=sg.passphrase_file)
+        st.key = signing.load_key(sg.key, st.passphrase)
         st.cert = signing.load_cert(sg.cert)
         st.cert_fpr = signing.cert_fingerprint(st.cert)
         from cryptography.hazmat.primitives import serialization
@@ -230,6 +245,11 @@ def _remote_base(st: State) -> tuple[Path, dict[str, Any]]:
             raise
         ui.warn(f"{e.message}: the SBOM will not list the base's packages")
         result = get([image])
+    for a in result.artifacts:
+        ui.info(
+            f"verified {a.name}: {ui.human_size(a.size)}, signed by "
+            f"{a.signature.primary_fingerprint}{' (cached)' if a.cached else ''}"
+        )
     arts = {a.name: a for a in result.artifacts}
     for key, name in (("base_packages", PACKAGES_TXT), ("base_contents", CONTENTS_TXT)):
         if name in arts:
@@ -340,15 +360,10 @@ def build_sysexts(st: State) -> None:
         build_dir = st.work / "sysexts"
         build_dir.mkdir()
         sg = st.manifest.signing
-        passphrase = None
-        if sg.passphrase_file:
-            from acl_compose.trust import signing
-
-            passphrase = signing.read_passphrase(file=sg.passphrase_file)
         seen: dict[str, Path] = {}
         for src in st.manifest.sysexts:
             if src.is_dir():
-                info = _build_cached(st, src, build_dir / src.name, passphrase)
+                info = _build_cached(st, src, build_dir / src.name, st.passphrase)
             else:
                 info = {
                     "name": src.stem,
@@ -574,9 +589,13 @@ def write_release(st: State) -> dict[str, Any]:
         }
         release["sbom"] = _write_sbom(st, release)
         data = (json.dumps(release, indent=2, sort_keys=True) + "\n").encode()
-        util.atomic_write(st.out / "release.json", data)
-        util.atomic_write(st.out / "release.json.p7s", signing.sign_detached(data, st.key, st.cert))
+        util.atomic_write(st.out / RELEASE_JSON, data)
+        util.atomic_write(st.out / RELEASE_P7S, signing.sign_detached(data, st.key, st.cert))
         return release
+
+
+def sbom_name(manifest: Manifest) -> str:
+    return f"{manifest.stem}.spdx.json"
 
 
 def _write_sbom(st: State, release: dict[str, Any]) -> dict[str, Any]:
@@ -584,7 +603,7 @@ def _write_sbom(st: State, release: dict[str, Any]) -> dict[str, Any]:
     from acl_compose.compose import sbom
 
     data = sbom.dumps(sbom.build(release, st.sbom))
-    name = f"{st.manifest.stem}.spdx.json"
+    name = sbom_name(st.manifest)
     util.atomic_write(st.out / name, data)
     ui.info(f"SBOM {name} ({sbom.SPDX_VERSION})")
     return {"file": name, "format": sbom.SPDX_VERSION, "sha256": hashlib.sha256(data).hexdigest()}

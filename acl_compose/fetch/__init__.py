@@ -15,7 +15,10 @@ __getattr__, __dir__, __all__ = lazy_exports(
             "Artifact", "FetchResult", "Fetcher", "download", "export", "fetch_release",
             "load_trust", "parse_digests",
         ],
-        "release": ["BOARDS", "CHANNELS", "CURRENT", "Release", "parse_version_txt"],
+        "release": [
+            "BOARDS", "CHANNELS", "CURRENT", "Release", "check_artifact_name", "check_version",
+            "parse_version_txt",
+        ],
         "cache": ["Cache"],
         "unpack": ["decompress"],
         "httpserve": ["serve"],

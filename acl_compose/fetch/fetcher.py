@@ -38,6 +38,7 @@ from acl_compose.fetch.release import (
 )
 from acl_compose.fetch.transport import NotFound, Settings, Threaded, Transport
 from acl_compose.trust import gpg
+from acl_compose.util import OutputDir
 
 _HEX_LEN = {"MD5": 32, "SHA1": 40, "SHA256": 64, "SHA512": 128}
 
@@ -490,24 +491,21 @@ def fetch_release(
     return FetchResult(rel, board, loc.base, loc.directory(version), got)
 
 
-def export(artifacts: Sequence[Artifact], out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Place verified artifacts in `out_dir` by name: hard link when possible, else copy."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    placed = []
-    for a in artifacts:
-        dest = out / a.name
-        src = a.path.resolve()
-        tmp = out / f".{a.name}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-        placed.append(dest)
-    return placed
+def export(
+    artifacts: Sequence[Artifact], out_dir: str | os.PathLike[str], *, force: bool = False
+) -> list[Path]:
+    """Place verified artifacts in `out_dir` by name: hard link when possible, else copy.
+    `out_dir` follows the output-folder rule (util.OutputDir): exports accumulate there."""
+    output = OutputDir(out_dir, "fetch", force=force)
+    output.check([a.name for a in artifacts])
+    with output.staging() as stage:
+        for a in artifacts:
+            src = a.path.resolve()
+            try:
+                os.link(src, stage / a.name)
+            except OSError:
+                shutil.copyfile(src, stage / a.name)
+    return [output.path / a.name for a in artifacts]
 
 
 # -- pinned generic downloads ---------------------------------------------------------------

@@ -16,6 +16,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from acl_compose.errors import InputError
+from acl_compose.ui import opt
+
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -147,7 +150,15 @@ def serve(
     class _Server(_ThreadingServer):
         address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
 
-    httpd = _Server((bind, port), _Bound)
+    try:
+        httpd = _Server((bind, port), _Bound)
+    except (OSError, OverflowError) as e:  # taken, not ours, out of range, unknown address
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise InputError(
+            f"cannot serve on {bind}:{port}: {reason}",
+            hint=f"choose another {opt('--port', 'port')} (0 picks a free one) or "
+            f"{opt('--bind', 'address')}",
+        ) from None
     thread = threading.Thread(target=httpd.serve_forever, name=f"httpserve:{root}", daemon=True)
     thread.start()
     return Server(httpd, thread)

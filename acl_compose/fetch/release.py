@@ -41,7 +41,7 @@ def check_version(version: str, what: str = "release version") -> str:
     if not _VERSION_RE.match(version):
         raise InputError(
             f"{what} {version!r} is not a Flatcar version like 3510.2.8",
-            hint="pass --release MAJOR.MINOR.PATCH or --release current",
+            hint="write it as MAJOR.MINOR.PATCH (or `current` for the newest release)",
         )
     return version
 

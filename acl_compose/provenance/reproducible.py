@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from acl_compose import ui, util
-from acl_compose.compose import Manifest, compose
+from acl_compose import ui
+from acl_compose.compose import RELEASE_LAST, Manifest, compose, release_output
 from acl_compose.errors import AclComposeError, VerificationError
 from acl_compose.image import gpt, sparse
 
@@ -110,11 +110,18 @@ def describe(diff: dict[str, Any]) -> str:
 
 
 def check_reproducible(
-    manifest: Manifest, out_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str]
+    manifest: Manifest,
+    out_dir: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    passphrase: bytes | None = None,
 ) -> dict[str, Any]:
     """Compose twice with separate caches; on identical bytes write OUT_DIR (build A) and
-    return its release.json plus `reproducible` (file -> sha256); else VerificationError."""
+    return its release.json plus `reproducible` (file -> sha256); else VerificationError.
+    OUT_DIR follows compose's output-folder rule (checked before the first build)."""
     out_dir = Path(out_dir).resolve()
+    out = release_output(manifest, out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("SOURCE_DATE_EPOCH") and manifest.source_date_epoch is None:
         manifest.source_date_epoch = int(time.time())
@@ -128,7 +135,9 @@ def check_reproducible(
             cache.mkdir()
             seed_downloads(Path(cache_dir), cache)
             with ui.step(f"build {label.upper()} of 2 (cache {cache})"):
-                releases.append(compose(manifest, work / f"build-{label}", cache))
+                releases.append(
+                    compose(manifest, work / f"build-{label}", cache, passphrase=passphrase)
+                )
         with ui.step("compare the two builds byte for byte"):
             diff = first_difference(work / "build-a", work / "build-b")
             if diff is not None:
@@ -140,7 +149,7 @@ def check_reproducible(
                 )
             files = {p.name: sparse.hash_sparse(p) for p in sorted((work / "build-a").iterdir())}
             ui.info(f"{len(files)} files byte-identical across two builds with separate caches")
-        with util.atomic_dir(out_dir) as tmp:
+        with out.staging(last=RELEASE_LAST) as tmp:
             for p in (work / "build-a").iterdir():
                 os.replace(p, tmp / p.name)
         return {**releases[0], "reproducible": {"builds": 2, "files": files}}

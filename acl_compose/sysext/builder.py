@@ -38,7 +38,7 @@ from acl_compose.sysext.bundle import (
 from acl_compose.sysext.contents import origin_resolver, record_tree
 from acl_compose.sysext.policy import enforce
 from acl_compose.trust import verity
-from acl_compose.util import atomic_file, default_cache_dir, sha256_file
+from acl_compose.util import OutputDir, atomic_file, default_cache_dir, sha256_file
 
 CACHE_FORMAT = 3  # bump when the image layout changes, to invalidate cached builds
 
@@ -338,7 +338,8 @@ def _load_signer(key: Any, cert: Any, passphrase: bytes | None) -> tuple[Any, An
 
     if (key is None) != (cert is None):
         raise InputError(
-            "--key and --cert go together", hint="pass both, or neither for an unsigned image"
+            "a signing key and its certificate go together",
+            hint="give both, or neither for an unsigned image",
         )
     if isinstance(key, (str, os.PathLike)):
         key = signing.load_key(key, passphrase)
@@ -356,15 +357,24 @@ def build(
     passphrase: bytes | None = None,
     fmt: str = "ddi",
     cache_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Build `<out_dir>/<name>.raw` from a bundle; returns name, version, path, sha256,
     root_hash, signed, certificate_fingerprint, contents (every file with its origin, see
-    sysext.contents) and format (side files for raw)."""
+    sysext.contents) and format (side files for raw).
+
+    `out_dir` follows the output-folder rule (util.OutputDir): builds accumulate there, and a
+    file this command did not write is never replaced."""
     if fmt not in ("ddi", "raw"):
         raise InputError(f"unknown format {fmt!r}", hint="use ddi or raw")
     bundle = load_bundle(bundle_dir)
-    key, cert = _load_signer(key, cert, passphrase)
     out_dir = Path(out_dir)
+    output = OutputDir(out_dir, "sysext build", force=force)
+    names = [f"{bundle.name}.raw"]
+    if fmt == "raw":
+        names += [f"{bundle.name}.{ext}" for ext in ("verity", "roothash", "roothash.p7s")]
+    output.check(names)  # before the build, not after it
+    key, cert = _load_signer(key, cert, passphrase)
     cache = Path(cache_dir) if cache_dir is not None else None
     # Without a cache, scratch space goes beside the output (it may be large).
     scratch_parent = cache / "sysext" if cache is not None else out_dir.parent / ".acl-sysext-tmp"
@@ -375,7 +385,6 @@ def build(
     built: _Built | None = None
     try:
         built = _build_unsigned(bundle, cache, scratch, digest, fmt)
-        out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed build leaves nothing
         root_hash = built.root_hash
         signature = fingerprint = None
         if key is not None:
@@ -383,26 +392,33 @@ def build(
 
             signature = signing.sign_root_hash(root_hash, key, cert)
             fingerprint = signing.cert_fingerprint(cert)
-        out = out_dir / f"{bundle.name}.raw"
         result: dict[str, Any] = {
             "name": bundle.name,
             "version": bundle.version,
             "format": fmt,
-            "path": str(out),
+            "path": str(out_dir / f"{bundle.name}.raw"),
             "root_hash": root_hash,
             "signed": signature is not None,
             "certificate_fingerprint": fingerprint,
             "contents": built.contents,
         }
-        if fmt == "ddi":
-            sig_json = None
-            if signature is not None:
-                sig_json = ddi.signature_json(
-                    root_hash, fingerprint or "", base64.b64encode(signature).decode()
-                )
-            result["sha256"] = _write_ddi(out, built, bundle.architecture, sig_json, cache)
-        else:
-            result.update(_write_raw(out, built, root_hash, signature, cache))
+        # Written into a staging folder beside the output and moved in: never half-written.
+        stale = [f"{bundle.name}.roothash.p7s"] if fmt == "raw" and signature is None else []
+        with output.staging(remove=stale) as stage:
+            out = stage / f"{bundle.name}.raw"
+            if fmt == "ddi":
+                sig_json = None
+                if signature is not None:
+                    sig_json = ddi.signature_json(
+                        root_hash, fingerprint or "", base64.b64encode(signature).decode()
+                    )
+                result["sha256"] = _write_ddi(out, built, bundle.architecture, sig_json, cache)
+            else:
+                raw = _write_raw(out, built, root_hash, signature, cache)
+                result["sha256"] = raw["sha256"]
+                result["side_files"] = {
+                    k: str(out_dir / Path(v).name) for k, v in raw["side_files"].items()
+                }
     finally:
         digest.wait()
         if built is not None and built.cleanup is not None:
@@ -497,7 +513,6 @@ def _write_raw(
     if signature is not None:
         with atomic_file(side["roothash_p7s"]) as f:
             f.write(signature)
-    else:
-        side["roothash_p7s"].unlink(missing_ok=True)  # a stale signature would not match
+    else:  # the caller removes a stale signature from an earlier build: it would not match
         del side["roothash_p7s"]
     return {"sha256": sha256, "side_files": {k: str(v) for k, v in side.items()}}

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from acl_compose.errors import InputError, VerificationError
-from acl_compose.util import atomic_write
+from acl_compose.util import OutputDir, atomic_write
 
 PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]  # noqa: UP007
 
@@ -55,17 +55,26 @@ def generate(
     EC P-256 by default, RSA 4096 with rsa=True. Refuses to replace an existing key unless
     force, since losing a release key strands every image signed with it.
     """
+    from acl_compose.ui import opt
+
     out = Path(out_dir)
     key_path, cert_path = out / KEY_NAME, out / CERT_NAME
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} is not a directory")
+    # The output-folder rule, and stricter for keys: replacing one (even one we wrote)
+    # strands every image signed with it, so that takes force too.
+    output = OutputDir(out, "keys generate", force=force)
     if not force and (key_path.exists() or cert_path.exists()):
+        force_opt = opt("--force", "")
         raise InputError(
             f"{key_path if key_path.exists() else cert_path} already exists",
-            hint="choose another --out directory; a release key is never overwritten",
+            hint="choose another output folder; a release key is replaced only "
+            + (f"with {force_opt}" if force_opt else "on request"),
         )
+    output.check([KEY_NAME, CERT_NAME])
     if not common_name.strip():
-        raise InputError("the certificate common name is empty", hint="pass --common-name")
+        raise InputError(
+            "the certificate common name is empty",
+            hint=f"give a name with {opt('--common-name', 'the common name setting')}",
+        )
     key: PrivateKey
     if rsa:
         from cryptography.hazmat.primitives.asymmetric import rsa as rsa_mod
@@ -110,13 +119,10 @@ def generate(
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(key_path, key_pem, mode=0o600)
-    try:
-        atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    except BaseException:
-        key_path.unlink(missing_ok=True)  # never leave a key without its certificate
-        raise
+    # Both land together (staging): never a key without its certificate.
+    with output.staging() as stage:
+        atomic_write(stage / KEY_NAME, key_pem, mode=0o600)
+        atomic_write(stage / CERT_NAME, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
     return key_path, cert_path
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose.errors import InputError
+from acl_compose.trust.verity_diag import RootHashMismatch
 from acl_compose.trust.verity_tree import (
     SUPERBLOCK_SIZE,
     Layout,
@@ -35,6 +36,7 @@ from acl_compose.trust.verity_tree import (
 )
 
 __all__ = [
+    "RootHashMismatch",
     "VerityError",
     "VerityResult",
     "VeritySuperblock",
@@ -444,7 +446,8 @@ def verify(
     With a superblock the layout comes from it (options that contradict it are refused).
     `data_offset` says where the data starts inside `data` (a partition of a disk image).
     Raises VerityError naming the first corrupted hash block (block number in the file that
-    holds the tree, as the kernel counts) or data block.
+    holds the tree, as the kernel counts) or data block, or RootHashMismatch when the tree is
+    whole but the root hash is not its own.
     """
     data = Path(data)
     _check_workers(workers)

@@ -533,17 +533,22 @@ def verify_tree(data: Path, tree_file: Path, lay: Layout, root: bytes, workers: 
     hbs = lay.hash_block_size
     fd = os.open(tree_file, os.O_RDONLY)
     try:
-        if lay.levels == 0:
+        if lay.levels == 0:  # one data block, whose hash is the root: nothing to tell apart
             with open(data, "rb") as f:
                 f.seek(lay.data_offset)
                 block = f.read(lay.data_block_size)
             if hasher(block) != root:
-                raise _corrupt("data", 0, data, " or the root hash is wrong")
+                from acl_compose.trust.verity_diag import root_mismatch
+
+                why = "a wrong root hash or salt, or the block is corrupted"
+                raise root_mismatch(root, f"data block 0 of {data}", why)
             return
         top = lay.level_start[-1]
         for block in _read_blocks(fd, tree_file, top, 1, hbs):
             if hasher(block) != root:
-                raise _corrupt("hash", top, tree_file, " or the root hash is wrong")
+                from acl_compose.trust.verity_diag import diagnose_top
+
+                raise diagnose_top(fd, data, tree_file, lay, root, bytes(block))
         # Each level against the digests stored in the (already verified) level above.
         for child in range(lay.levels - 2, -1, -1):
             start = lay.level_start[child]

@@ -164,6 +164,20 @@ def test_text_output_one_path_per_line_and_output_dir(site: Site, tmp_path: Path
     assert lines == [str(out / "version.txt"), str(out / "flatcar_production_image_packages.txt")]
     assert (out / "flatcar_production_image_packages.txt").read_text() == "sys-apps/systemd-252\n"
     assert not (out / IMAGE).exists()  # --artifact replaces the default image
+    # The folder is an earlier `fetch` output now: a second export adds to it.
+    site.fetch("--release", VERSION, "-o", str(out), check=True)
+    assert (out / IMAGE).read_bytes() == (site.vdir / IMAGE).read_bytes()
+    # A folder of the user's is refused before any request; nothing there is touched.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "version.txt").write_text("my notes")
+    site.faults.log.clear()
+    proc = site.fetch("--release", VERSION, "-o", str(mine))
+    assert proc.returncode == 1 and f"error: output folder {mine} is not empty" in proc.stderr
+    assert site.faults.log == []
+    proc = site.fetch("--release", VERSION, "-o", str(mine), "--force")
+    assert proc.returncode == 1 and "version.txt exists and was not written by" in proc.stderr
+    assert [p.read_text() for p in mine.iterdir()] == ["my notes"]
 
 
 @pytest.mark.parametrize("json_out", [False, True])
@@ -595,9 +609,13 @@ def test_local_sdk_directory_and_file_url(site: Site, tmp_path: Path) -> None:
     assert data["url"] == f"{site.root.as_uri()}/{VERSION}/"
 
 
-def test_bad_artifact_name_is_input_error(site: Site) -> None:
+def test_bad_artifact_name_is_a_usage_error(site: Site) -> None:
     proc = site.fetch("--release", VERSION, "--artifact", "../../etc/passwd")
-    assert proc.returncode == 1 and "not a plain file name" in proc.stderr
+    assert proc.returncode == 2 and "not a plain file name" in proc.stderr
+    assert site.faults.log == []  # refused before any request
+    for args in (["--release", "3510.x"], ["--trusted-key", "ABC"]):
+        proc = site.fetch(*args)
+        assert proc.returncode == 2 and "Invalid value" in proc.stderr, proc.stderr
 
 
 # -- library: download() and decompress() ---------------------------------------------------

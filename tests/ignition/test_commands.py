@@ -100,4 +100,13 @@ def test_cli_merge(tmp_path):
     assert "merged 2 configs" in proc.stdout
     merged = json.loads(out.read_text())
     assert merged == ignition.merge([ignition.render(p, warnings=[]) for p in PRODUCT])
-    assert run_cli("ignition", "merge", PRODUCT[0]).returncode == 2  # -o is required
+    # Without -o the merged JSON goes to stdout, as render's does.
+    proc = run_cli("ignition", "merge", *PRODUCT, check=True)
+    assert json.loads(proc.stdout) == merged
+    # An output that is one of the inputs is refused and the input kept (a copy: if this
+    # broke, it must not clobber the product's own config).
+    first = tmp_path / "base.yaml"
+    first.write_bytes(PRODUCT[0].read_bytes())
+    proc = run_cli("ignition", "merge", first, PRODUCT[1], "-o", first)
+    assert proc.returncode == 1 and "is also an input" in proc.stderr
+    assert first.read_bytes() == PRODUCT[0].read_bytes()

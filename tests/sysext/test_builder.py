@@ -147,6 +147,7 @@ def test_raw_format_side_files(built: dict, tmp_path: Path) -> None:
     image = Path(raw["path"])
     stem = image.with_suffix("")
     assert sorted(p.name for p in image.parent.iterdir()) == [
+        ".acl-compose-output.json",  # what `sysext build` wrote here (util.OutputDir)
         "aks-node.raw", "aks-node.roothash", "aks-node.roothash.p7s", "aks-node.verity",
     ]  # fmt: skip
     root_hash = Path(f"{stem}.roothash").read_text().strip()
@@ -261,11 +262,11 @@ def test_check_rejects_tampered_data(built: dict, keys: dict, tmp_path: Path) ->
 
 def test_unsigned_build_says_so(tmp_path: Path, cache_dir: Path, base: Path) -> None:
     proc = run_cli(
-        "--cache-dir", cache_dir, "sysext", "build", REPO / "sysext" / "azure-base", "-o", tmp_path,
-        check=True,
+        "--cache-dir", cache_dir, "sysext", "build", REPO / "sysext" / "azure-base",
+        "-o", tmp_path / "out", check=True,
     )  # fmt: skip
     assert "unsigned" in proc.stderr
-    image = tmp_path / "azure-base.raw"
+    image = tmp_path / "out" / "azure-base.raw"
     info = ddi.read(image)
     assert info.sig is None and info.verity is not None
     root = next(m for m in _dissect(image)["mounts"] if m["designator"] == "root")
@@ -363,7 +364,9 @@ def test_units_enabled_and_tree_normalized(tmp_path: Path, cache_dir: Path) -> N
 
 
 def test_pkgmgr_canary_builds_with_reason(tmp_path: Path, cache_dir: Path) -> None:
-    result = sysext.build(REPO / "tests/data/sysext/pkgmgr-canary", tmp_path, cache_dir=cache_dir)
+    result = sysext.build(
+        REPO / "tests/data/sysext/pkgmgr-canary", tmp_path / "out", cache_dir=cache_dir
+    )
     data = _extract(Path(result["path"]), 1, tmp_path / "fs")
     dest = tmp_path / "x"
     subprocess.run(["fsck.erofs", f"--extract={dest}", data], check=True, capture_output=True)
@@ -641,3 +644,25 @@ def test_source_date_epoch_does_not_reach_mkfs(tmp_path: Path, filesystem: str) 
                        "-o", tmp_path / f"o{i}", env=env, check=True)  # fmt: skip
         hashes.add(json.loads(proc.stdout)["sha256"])
     assert len(hashes) == 1
+
+
+def test_output_folder_rule(tmp_path: Path, cache_dir: Path) -> None:
+    """Builds accumulate in an earlier `sysext build` output; a folder of the user's is refused
+    (it used to be added to), and nothing there is replaced or deleted."""
+    out = tmp_path / "out"
+    for name in BUNDLES:
+        run_cli("--cache-dir", cache_dir, "sysext", "build", REPO / "sysext" / name, "-o", out,
+                check=True)  # fmt: skip
+    assert {p.name for p in out.glob("*.raw")} == {f"{n}.raw" for n in BUNDLES}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    proc = run_cli("--cache-dir", cache_dir, "sysext", "build", REPO / "sysext" / BUNDLES[0],
+                   "-o", mine)  # fmt: skip
+    assert proc.returncode == 1 and f"error: output folder {mine} is not empty" in proc.stderr
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    (mine / f"{BUNDLES[0]}.raw").write_text("my own image")
+    proc = run_cli("--cache-dir", cache_dir, "sysext", "build", REPO / "sysext" / BUNDLES[0],
+                   "-o", mine, "--force")  # fmt: skip
+    assert proc.returncode == 1 and "exists and was not written by" in proc.stderr
+    assert (mine / f"{BUNDLES[0]}.raw").read_text() == "my own image"

@@ -117,6 +117,17 @@ def test_build_refuses_bad_version(tmp_path: Path) -> None:
     )
 
 
+def test_build_output_folder_rule_is_checked_before_building(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    cache = tmp_path / "cache"
+    proc = run_cli("--cache-dir", cache, "testbed", "build", "-o", mine)
+    assert proc.returncode == 1 and f"error: output folder {mine} is not empty" in proc.stderr
+    assert not cache.exists()  # refused before any work
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
 def test_build_says_it_needs_root() -> None:
     d = Path(tempfile.mkdtemp(prefix="acl-testbed-nonroot-"))
@@ -137,7 +148,7 @@ def test_serve_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     (tmp_path / "current").mkdir()
     (tmp_path / "current" / "version.txt").write_text("FLATCAR_VERSION=1.2.3\n")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "acl_compose", "testbed", "serve", tmp_path],
+        [sys.executable, "-m", "acl_compose", "testbed", "serve", tmp_path, "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )  # fmt: skip
     try:

@@ -251,7 +251,7 @@ def test_read_passphrase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_cli_keys_sign_check(tmp_path: Path, cli) -> None:
     (tmp_path / "pw").write_text("pass phrase\n")
-    proc = cli("--json", "keys", "generate", "--out", tmp_path / "k", "--common-name", "CLI",
+    proc = cli("--json", "keys", "generate", "-o", tmp_path / "k", "--common-name", "CLI",
                "--passphrase-file", tmp_path / "pw", check=True)  # fmt: skip
     out = json.loads(proc.stdout)
     key, crt = tmp_path / "k" / "release.key", tmp_path / "k" / "release.crt"
@@ -274,19 +274,50 @@ def test_cli_keys_sign_check(tmp_path: Path, cli) -> None:
     assert proc.returncode == 1 and f"error: cannot load key {key}" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x.p7s").exists()
     proc = cli("verity", "sign", "nothex", "--key", key, "--cert", crt, "-o", tmp_path / "x.p7s")
-    assert proc.returncode == 1 and "error: root hash 'nothex' is not hex" in proc.stderr
+    assert proc.returncode == 2 and "root hash 'nothex' is not hex" in proc.stderr  # usage
     assert not (tmp_path / "x.p7s").exists()
+    # check-signature reads the root hash from a file too, as sign and verify do.
+    cli("verity", "check-signature", "--root-hash-file", tmp_path / "rh", tmp_path / "s.p7s",
+        "--cert", crt, check=True)  # fmt: skip
+    proc = cli("verity", "check-signature", "--root-hash-file", tmp_path / "rh", ROOT,
+               tmp_path / "s.p7s", "--cert", crt)  # fmt: skip
+    assert proc.returncode == 2 and "give only SIGNATURE" in proc.stderr
+    # An output that is one of the inputs is refused, the key untouched.
+    before = key.read_bytes()
+    proc = cli("verity", "sign", ROOT, "--key", key, "--cert", crt, "--passphrase-env", "ACL_PW",
+               "-o", key, env={"ACL_PW": "pass phrase"})  # fmt: skip
+    assert proc.returncode == 1 and "is also an input" in proc.stderr
+    assert key.read_bytes() == before
+
+
+def test_cli_keys_generate_old_out_spelling_still_works(tmp_path: Path, cli) -> None:
+    proc = cli("keys", "generate", "--out", tmp_path / "k", check=True)
+    assert proc.stderr.startswith("warning: --out is deprecated: use -o/--output")
+    assert (tmp_path / "k" / "release.key").is_file()
+    assert "--out " not in cli("keys", "generate", "--help", check=True).stdout  # hidden
 
 
 def test_cli_keys_generate_refusals(tmp_path: Path, cli) -> None:
-    proc = cli("keys", "generate", "--out", tmp_path / "k", "--passphrase-env", "ACL_NO_SUCH_VAR")
+    proc = cli("keys", "generate", "-o", tmp_path / "k", "--passphrase-env", "ACL_NO_SUCH_VAR")
     assert proc.returncode == 1 and "ACL_NO_SUCH_VAR" in proc.stderr.splitlines()[0]
     assert not (tmp_path / "k").exists()
-    cli("keys", "generate", "--out", tmp_path / "k", check=True)
+    cli("keys", "generate", "-o", tmp_path / "k", check=True)
     before = (tmp_path / "k" / "release.key").read_bytes()
-    proc = cli("keys", "generate", "--out", tmp_path / "k")
+    proc = cli("keys", "generate", "-o", tmp_path / "k")
     assert proc.returncode == 1 and "already exists" in proc.stderr
     assert (tmp_path / "k" / "release.key").read_bytes() == before
+    # --force replaces a key it generated, but never a key file it did not write.
+    cli("keys", "generate", "-o", tmp_path / "k", "--force", check=True)
+    assert (tmp_path / "k" / "release.key").read_bytes() != before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    proc = cli("keys", "generate", "-o", mine)
+    assert proc.returncode == 1 and "is not empty" in proc.stderr
+    (mine / "release.key").write_text("my own key")
+    proc = cli("keys", "generate", "-o", mine, "--force")
+    assert proc.returncode == 1 and "release.key exists and was not written by" in proc.stderr
+    assert (mine / "release.key").read_text() == "my own key"
 
 
 @pytest.mark.parametrize("noattr", [True, False])

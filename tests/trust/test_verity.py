@@ -218,11 +218,19 @@ def test_flipped_bits_name_the_block(tmp_path: Path, kw: dict) -> None:
 def test_wrong_root_hash_and_truncated_tree(tmp_path: Path) -> None:
     data = random_file(tmp_path / "d", 40 * 4096, random.Random(1))
     res = verity.create(data, tmp_path / "h")
-    with pytest.raises(verity.VerityError, match="hash block 1 is corrupted or the root hash"):
-        verity.verify(data, tmp_path / "h", "00" * 32)
+    # A mistyped root hash is not reported as a corrupted block to rebuild.
+    typo = res.root_hash[:-1] + ("0" if res.root_hash[-1] != "0" else "1")
+    with pytest.raises(verity.RootHashMismatch) as exc:
+        verity.verify(data, tmp_path / "h", typo)
+    assert exc.value.message == (
+        f"root hash {typo} does not match the hash tree of {data} (the tree and the data agree "
+        "with each other: likely a wrong root hash, or a wrong salt)"
+    )
+    assert "corrupted" not in exc.value.message and "rebuild" not in exc.value.hint
+    assert veritysetup("verify", data, tmp_path / "h", typo).returncode != 0
     one = random_file(tmp_path / "one", 4096, random.Random(2))
     r1 = verity.create(one, tmp_path / "h1")
-    with pytest.raises(verity.VerityError, match="data block 0 is corrupted"):
+    with pytest.raises(verity.RootHashMismatch, match="does not match data block 0 of"):
         verity.verify(one, tmp_path / "h1", "11" * 32)
     verity.verify(one, tmp_path / "h1", r1.root_hash)
     with open(tmp_path / "h", "r+b") as f:
@@ -317,7 +325,8 @@ def test_cli_format_verify(tmp_path: Path, cli) -> None:
     proc = cli("verity", "format", data, tmp_path / "h", "--salt", "-", "--uuid", UUID, check=True)
     root = proc.stdout.splitlines()[-1]
     assert root == vs_format(data, tmp_path / "vs", "--salt", "-", "--uuid", UUID)
-    proc = cli("--json", "verity", "format", data, "--root-hash-file", tmp_path / "rh", check=True)
+    proc = cli("--json", "verity", "format", data, "--in-place", "--root-hash-file",
+               tmp_path / "rh", check=True)  # fmt: skip
     import json
 
     out = json.loads(proc.stdout)
@@ -337,17 +346,75 @@ def test_cli_bad_input(tmp_path: Path, cli) -> None:
     data = random_file(tmp_path / "d", 8 * 4096, random.Random(12))
     for args, needle in [
         (["format", tmp_path / "missing", tmp_path / "h"], "missing"),
-        (["format", data, tmp_path / "h", "--data-block-size", "1000"], "power of two"),
         (["format", data, "--hash-offset", "4096"], "overlaps"),
-        (["format", data, tmp_path / "h", "--salt", "zz"], "salt"),
-        (["verify", data, tmp_path / "h", "nothex"], "root hash"),
     ]:
         proc = cli("verity", *args)
         assert proc.returncode == 1, proc.stderr
         lines = proc.stderr.splitlines()
         assert lines[0].startswith("error: ") and needle in lines[0], proc.stderr
         assert "Traceback" not in proc.stderr
+    # Bad option values and arguments are usage errors: exit 2, click's usage message.
+    for args, needle in [
+        (["format", data, tmp_path / "h", "--data-block-size", "1000"], "power of two"),
+        (["format", data, tmp_path / "h", "--salt", "zz"], "salt"),
+        (["format", data, tmp_path / "h", "--format", "2"], "--format"),
+        (["format", data, tmp_path / "h", "--workers", "0"], "--workers"),
+        (["format", data, tmp_path / "h", "--hash", "md5"], "--hash"),
+        (["verify", data, tmp_path / "h", "nothex"], "ROOT_HASH"),
+        (["verify", data], "missing ROOT_HASH"),
+    ]:
+        proc = cli("verity", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_cli_format_writes_into_data_only_when_asked(tmp_path: Path, cli) -> None:
+    """`verity format DATA` without HASH used to append the tree to DATA silently."""
+    data = random_file(tmp_path / "d", 8 * 4096, random.Random(15))
+    before = data.read_bytes()
+    proc = cli("verity", "format", data)
+    assert proc.returncode == 2 and "missing HASH" in proc.stderr
+    assert "--in-place" in proc.stderr and data.read_bytes() == before
+    root = cli("verity", "format", data, "--in-place", "--salt", "-", check=True).stdout.split()[-1]
+    assert data.read_bytes()[: len(before)] == before and data.stat().st_size > len(before)
+    assert veritysetup("verify", f"--hash-offset={len(before)}", data, data, root).returncode == 0
+    proc = cli("verity", "format", data, tmp_path / "h", "--in-place")
+    assert proc.returncode == 2 and "not both" in proc.stderr
+
+
+def test_cli_root_hash_typo_is_not_reported_as_corruption(tmp_path: Path, cli) -> None:
+    data = random_file(tmp_path / "d", 300 * 4096, random.Random(16))
+    root = cli("verity", "format", data, tmp_path / "h", check=True).stdout.split()[-1]
+    typo = ("1" if root[0] != "1" else "2") + root[1:]
+    proc = cli("verity", "verify", data, tmp_path / "h", typo)
+    assert proc.returncode == 1
+    first, hint = proc.stderr.splitlines()[:2]
+    assert first.startswith(f"error: root hash {typo} does not match the hash tree of {data}")
+    assert "likely a wrong root hash" in first and "corrupted" not in proc.stderr
+    assert hint.startswith("hint: check the root hash")
+    # A flipped data bit, with the right root hash, still names its block.
+    _flip(data, 7 * 4096 + 1)
+    proc = cli("verity", "verify", data, tmp_path / "h", root)
+    assert proc.stderr.splitlines()[0] == "error: data block 7 is corrupted"
+
+
+def test_wrong_salt_and_damaged_top_block_are_told_apart(tmp_path: Path) -> None:
+    data = random_file(tmp_path / "d", 600 * 4096, random.Random(17))
+    tree = tmp_path / "h"
+    res = verity.create(data, tree, salt=b"\x01" * 8, superblock=False)
+    # Without a superblock the salt comes from the user: a wrong one breaks every hash.
+    with pytest.raises(verity.RootHashMismatch, match="nor does the tree match its own blocks"):
+        verity.verify(data, tree, res.root_hash, salt=b"\x02" * 8, superblock=False)
+    verity.verify(data, tree, res.root_hash, salt=b"\x01" * 8, superblock=False)
+    lay = verity_tree.Layout("sha256", 1, res.salt, 4096, 4096, res.data_blocks, 0, False)
+    assert lay.levels == 2
+    top = lay.level_start[-1]
+    _flip(tree, top * 4096 + 4000)  # in the top block's zero padding
+    with pytest.raises(verity.VerityError) as exc:
+        verity.verify(data, tree, res.root_hash, salt=res.salt, superblock=False)
+    assert not isinstance(exc.value, verity.RootHashMismatch)
+    assert exc.value.message == f"hash block {top} is corrupted"
 
 
 def test_workers_in_a_threaded_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
