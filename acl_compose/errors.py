@@ -39,7 +39,7 @@ class VerificationError(AclComposeError):
 class FetchError(AclComposeError):
     """Downloading failed (network, HTTP status, unexpected content)."""
 
-    hint = "check the URL and network, or use --offline with a warm cache"
+    hint = "check the URL and the network, or work offline from a warm cache"
 
 
 class PolicyError(AclComposeError):

@@ -29,7 +29,7 @@ from acl_compose.boot.kvm import choose_accel
 from acl_compose.errors import AclComposeError, InputError, ToolError
 from acl_compose.image.bootfiles import kernel_boot_files
 from acl_compose.run import kill_group, require, run, set_pdeathsig
-from acl_compose.ui import info, warn
+from acl_compose.ui import info, opt, warn
 
 log = logging.getLogger("acl_compose")
 
@@ -282,11 +282,13 @@ class VM:
             return []  # QEMU's default firmware is SeaBIOS
         if image_format(self.image) != "raw":
             raise InputError(
-                f"{self.image}: --firmware kernel needs a raw image",
+                f"{self.image}: {opt('--firmware kernel', 'a direct kernel boot')} needs a raw "
+                "image",
                 hint="convert it first: qemu-img convert -O raw IMAGE IMAGE.bin",
             )
-        warn("--firmware kernel boots the ESP's kernel directly: firmware and bootloader logic "
-             "(GRUB's first-boot and verity hash handling, UKI add-ons) are skipped")  # fmt: skip
+        warn(f"{opt('--firmware kernel', 'a direct kernel boot')} boots the ESP's kernel "
+             "directly: firmware and bootloader logic (GRUB's first-boot and verity hash "
+             "handling, UKI add-ons) are skipped")  # fmt: skip
         kernel, initrd, cmdline = kernel_boot_files(self.image, self.workdir)
         args = ["-kernel", str(kernel), "-append", cmdline]
         if initrd:

@@ -24,7 +24,7 @@ from typing import Any
 
 from acl_compose.boot import qemu
 from acl_compose.errors import InputError, ToolError
-from acl_compose.ui import info, warn
+from acl_compose.ui import info, opt, warn
 
 ENV_RELEASE = "ACL_COMPOSE_RELEASE_JSON"
 ENV_BOOT_SECONDS = "ACL_COMPOSE_BOOT_SECONDS"
@@ -177,7 +177,7 @@ def run_suites(
         if not release_json.is_file():
             raise InputError(f"{release_json}: release.json not found", hint="pass compose's")
     if parallel < 1:
-        raise InputError("--parallel must be at least 1")
+        raise InputError(f"{opt('--parallel', 'the number of VMs')} must be at least 1")
     junit_xml = Path(junit_xml).resolve()
     junit_xml.parent.mkdir(parents=True, exist_ok=True)
     stem = junit_xml.name.removesuffix(".xml")

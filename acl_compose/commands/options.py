@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from acl_compose.ui import opt
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -47,7 +49,10 @@ def passphrase(fn: F) -> F:
 
 def read_passphrase(file: Path | None, env_var: str | None) -> bytes | None:
     if file is not None and env_var is not None:
-        raise click.UsageError("give only one of --passphrase-file and --passphrase-env")
+        raise click.UsageError(
+            f"give only one of {opt('--passphrase-file', 'a passphrase file')} and "
+            f"{opt('--passphrase-env', 'a passphrase variable')}"
+        )
     if file is None and env_var is None:
         return None
     from acl_compose.trust import signing  # cryptography is slow to import: only when used

@@ -11,7 +11,7 @@ from acl_compose.commands import options
 from acl_compose.commands.options import usage_check
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.trust import verity
-from acl_compose.ui import App, info, pass_app
+from acl_compose.ui import App, info, opt, pass_app
 from acl_compose.util import atomic_write, refuse_overwriting_inputs
 
 
@@ -251,7 +251,7 @@ def _one_root_hash(args: list[str], root_hash_file: Path | None, rest: str) -> s
     if root_hash_file is not None:
         return _read_root_hash_file(root_hash_file)
     if not args:
-        raise click.UsageError(f"missing ROOT_HASH (or --root-hash-file){rest}")
+        raise click.UsageError(f"missing ROOT_HASH (or {opt('--root-hash-file', 'a file')}){rest}")
     return _root_hash_arg(args.pop(0))
 
 

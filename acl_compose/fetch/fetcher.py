@@ -38,6 +38,7 @@ from acl_compose.fetch.release import (
 )
 from acl_compose.fetch.transport import NotFound, Settings, Threaded, Transport
 from acl_compose.trust import gpg
+from acl_compose.ui import opt
 from acl_compose.util import OutputDir
 
 _HEX_LEN = {"MD5": 32, "SHA1": 40, "SHA256": 64, "SHA512": 128}
@@ -68,6 +69,14 @@ def parse_digests(text: str, source: str = "DIGESTS") -> dict[str, dict[str, str
             raise VerificationError(f"{source}: line {lineno}: {section} digest has wrong length")
         result[section][parts[1].lstrip("*")] = parts[0].lower()
     return result
+
+
+def _check_where() -> str:
+    """Where a missing release file is usually wrong, in the running command's words."""
+    return (
+        f"check {opt('--release', 'the release')}, {opt('--board', 'the board')}, "
+        f"{opt('--base-url', 'the base URL')} and the artifact name"
+    )
 
 
 # -- results --------------------------------------------------------------------------------
@@ -212,8 +221,10 @@ class Fetcher:
             version = self.cache.current(self.signer, self.board, self.channel)
             if not version:
                 raise FetchError(
-                    f"{self.loc.directory(CURRENT)}version.txt: not in the cache (--offline)",
-                    hint="pass --release VERSION of a cached release, or fetch once online",
+                    f"{self.loc.directory(CURRENT)}version.txt: not in the cache "
+                    f"({opt('--offline', 'offline')})",
+                    hint=f"name a cached release ({opt('--release VERSION', 'its version')}), "
+                    "or fetch once online",
                 )
             return version
         url = self.loc.directory(CURRENT) + "version.txt"
@@ -263,7 +274,7 @@ class Fetcher:
             if text is None and not self.transport.exists(url):
                 raise NotFound(
                     f"{url}: not found",
-                    hint="check --release, --board, --base-url and the artifact name",
+                    hint=_check_where(),
                 ) from e
             missing = f"{durl}.sig and .asc" if text is not None else durl
             raise VerificationError(
@@ -283,8 +294,8 @@ class Fetcher:
                 return self._as_requested(hit, version)
             if self.offline:
                 raise FetchError(
-                    f"{url}: not in the cache (--offline)",
-                    hint="fetch it once without --offline",
+                    f"{url}: not in the cache ({opt('--offline', 'offline')})",
+                    hint="fetch it once online",
                 )
             # The signed DIGESTS first (kilobytes): nothing big is downloaded for a bad one.
             digests, signature = self.digests(url)
@@ -357,7 +368,7 @@ class Fetcher:
             if self.offline:
                 raise VerificationError(
                     f"{link}: cached copy failed its re-check (or was verified with another key)",
-                    hint="fetch it again without --offline",
+                    hint="fetch it again online",
                 )
             return None
         return Artifact(
@@ -425,15 +436,17 @@ def load_trust(
         return gpg.Trust(keyring, fpr)
     if fpr != gpg.FLATCAR_FINGERPRINT:
         raise InputError(
-            f"--trusted-key {fpr} needs --keyring FILE holding that key",
+            f"trusted key {fpr} needs a key file holding it ({opt('--keyring FILE', 'a keyring')})",
             hint="only Flatcar's own key is downloaded automatically",
         )
     cached = cache.root / "keys" / f"{fpr}.asc"
     if offline:
         if not cached.is_file():
             raise FetchError(
-                f"{gpg.FLATCAR_KEY_URL}: signing key not in the cache (--offline)",
-                hint="pass --keyring FILE or fetch once online",
+                f"{gpg.FLATCAR_KEY_URL}: signing key not in the cache "
+                f"({opt('--offline', 'offline')})",
+                hint=f"give the key file ({opt('--keyring FILE', 'a keyring')}) or fetch once "
+                "online",
             )
         return gpg.Trust(cached, fpr)
     # Always refreshed online: Flatcar adds a new signing subkey about once a year.
@@ -537,7 +550,10 @@ def download(
                 return dest
             os.unlink(dest)
         if offline:
-            raise FetchError(f"{url}: not in the cache (--offline)", hint="fetch it once online")
+            raise FetchError(
+                f"{url}: not in the cache ({opt('--offline', 'offline')})",
+                hint="fetch it once online",
+            )
         transport = Transport(progress=progress)
         try:
             with cache.temp_file(name) as (tmp, out):

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from acl_compose.errors import InputError
+from acl_compose.ui import opt
 
 CHANNELS = ("alpha", "beta", "stable", "lts")
 BOARDS = ("amd64-usr", "arm64-usr")
@@ -178,6 +179,9 @@ def locate(base_url: str) -> Location:
         path = Path(base_url)
     path = path.expanduser().resolve()
     if not path.is_dir():
-        raise InputError(f"base directory {path} does not exist", hint="check --base-url")
+        raise InputError(
+            f"base directory {path} does not exist",
+            hint=f"check {opt('--base-url', 'the base URL')}",
+        )
     # A directory with version.txt in it is a release folder itself (SDK output).
     return Location(path.as_uri().rstrip("/") + "/", flat=(path / "version.txt").is_file())

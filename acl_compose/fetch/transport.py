@@ -28,6 +28,7 @@ import urllib3
 from acl_compose import __version__
 from acl_compose.errors import FetchError
 from acl_compose.fetch.release import local_path
+from acl_compose.ui import opt
 
 CHUNK = 1 << 20
 RING = 8  # read buffers in flight: how far a background hasher may lag behind the socket
@@ -300,7 +301,7 @@ class Transport:
                         if r.status_code in (404, 410):
                             raise NotFound(
                                 f"{url}: not found (HTTP {r.status_code})",
-                                hint="check --release, --board, --base-url and the artifact name",
+                                hint=_check_where(),
                             )
                         if r.status_code in _RETRY_STATUS:
                             raise _Retryable(f"HTTP {r.status_code} {r.reason}")
@@ -395,8 +396,21 @@ def _sanity_check(url: str, r: requests.Response) -> None:
     if ctype in ("text/html", "application/xhtml+xml") and not name.endswith((".html", ".htm")):
         raise FetchError(
             f"{url}: server sent an HTML page ({ctype}), not the file",
-            hint="the URL is probably wrong or a proxy/captive portal answered; check --base-url",
+            hint=_portal_hint(),
         )
+
+
+def _portal_hint() -> str:
+    return "the URL is probably wrong or a proxy/captive portal answered; check " + opt(
+        "--base-url", "the base URL"
+    )
+
+
+def _check_where() -> str:
+    return (
+        f"check {opt('--release', 'the release')}, {opt('--board', 'the board')}, "
+        f"{opt('--base-url', 'the base URL')} and the artifact name"
+    )
 
 
 def _sniff_html(url: str, chunk: bytes | memoryview) -> None:
@@ -407,7 +421,7 @@ def _sniff_html(url: str, chunk: bytes | memoryview) -> None:
     if head.startswith((b"<!doctype html", b"<html", b"<?xml")):
         raise FetchError(
             f"{url}: server sent an HTML page, not the file",
-            hint="the URL is probably wrong or a proxy/captive portal answered; check --base-url",
+            hint=_portal_hint(),
         )
 
 
@@ -436,7 +450,8 @@ def _stream_file(url: str, sinks: Sequence[Sink]) -> int:
         f = open(path, "rb", buffering=0)  # noqa: SIM115
     except FileNotFoundError as e:
         raise NotFound(
-            f"{path}: no such file", hint="check --base-url and the artifact name"
+            f"{path}: no such file",
+            hint=f"check {opt('--base-url', 'the base URL')} and the artifact name",
         ) from e
     except OSError as e:
         raise FetchError(f"{path}: {e.strerror}") from e

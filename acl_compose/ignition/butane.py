@@ -32,6 +32,7 @@ from acl_compose.ignition.validation import (
     run_ignition_validate,
     schema,
 )
+from acl_compose.ui import opt
 from acl_compose.util import safe_join
 
 __all__ = [
@@ -105,6 +106,13 @@ def load_yaml(text: str, filename: str) -> tuple[yamlpos.Located, Locator]:
 
 
 # --- Butane -> Ignition --------------------------------------------------------------------------
+
+
+def _NO_FILES_DIR() -> str:  # noqa: N802 - reads as the message it is
+    flag = opt("--files-dir DIR", "")
+    if flag:
+        return f"local paths need a files directory: pass {flag}"
+    return "local paths need a files directory, and none is given here: inline the contents"
 
 
 class _Translator:
@@ -181,13 +189,13 @@ class _Translator:
 
     def read_local(self, rel: Any, ypath: KeyPath) -> bytes | None:
         if not isinstance(rel, str):
-            self.error(ypath, "expected a path relative to --files-dir")
+            self.error(ypath, "expected a path relative to the files directory")
             return None
         if self.files_dir is None:
-            self.error(ypath, "local paths need a files directory: pass --files-dir DIR")
+            self.error(ypath, _NO_FILES_DIR())
             return None
         if rel.startswith("/"):
-            self.error(ypath, f"local path {rel!r} must be relative to --files-dir")
+            self.error(ypath, f"local path {rel!r} must be relative to the files directory")
             return None
         try:
             path = safe_join(self.files_dir, rel, "local path")
@@ -255,7 +263,7 @@ class _Translator:
     ) -> None:
         yp = ypath + ("ssh_authorized_keys_local",)
         if not isinstance(files, list):
-            self.error(yp, "expected a list of paths relative to --files-dir")
+            self.error(yp, "expected a list of paths relative to the files directory")
             return
         keys = list(out.get("sshAuthorizedKeys", []))
         for i, rel in enumerate(files):
@@ -291,15 +299,13 @@ class _Translator:
         for t, tree in enumerate(trees):
             yp = ytrees + (t,)
             if not isinstance(tree, dict) or "local" not in tree:
-                self.error(yp, "a tree needs `local` (a directory under --files-dir)")
+                self.error(yp, "a tree needs `local` (a directory under the files directory)")
                 continue
             for key in tree:
                 if key not in ("local", "path"):
                     self.error(yp + (key,), f"unknown key {key!r}")
             if self.files_dir is None:
-                self.error(
-                    yp + ("local",), "local paths need a files directory: pass --files-dir DIR"
-                )
+                self.error(yp + ("local",), _NO_FILES_DIR())
                 continue
             try:
                 top = safe_join(self.files_dir, str(tree["local"]), "tree")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from acl_compose.errors import InputError
 from acl_compose.run import run
+from acl_compose.ui import opt
 
 _GRUB_SET = re.compile(r'^set\s+(\w+)=(?:"([^"]*)"|(\S*))\s*$')
 _GRUB_VAR = re.compile(r"\$\{?(\w+)\}?")
@@ -46,7 +47,10 @@ def kernel_boot_files(image: Path, dest: Path) -> tuple[Path, Path | None, str]:
     disk = gpt.read(image)
     esp = disk.by_label("EFI-SYSTEM")
     if esp is None:
-        raise InputError(f"{image}: no EFI-SYSTEM partition", hint="--firmware kernel needs an ESP")
+        raise InputError(
+            f"{image}: no EFI-SYSTEM partition",
+            hint=f"{opt('--firmware kernel', 'a direct kernel boot')} needs an ESP",
+        )
     spec = f"{image}@@{esp.offset}"
     cfg_text = ""
     for cand in ("::/EFI/boot/grub.cfg", "::/boot/grub/grub.cfg", "::/flatcar/grub/grub.cfg"):

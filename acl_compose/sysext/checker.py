@@ -26,6 +26,7 @@ from acl_compose.run import run
 from acl_compose.sysext import ddi
 from acl_compose.sysext.bundle import EXTENSION_RELEASE_DIR
 from acl_compose.trust import verity
+from acl_compose.ui import opt
 
 SQUASHFS_MAGIC = b"hsqs"
 EROFS_MAGIC = bytes.fromhex("e2e1f5e0")  # 0xE0F5E1E2 little-endian, at byte 1024
@@ -51,6 +52,10 @@ class CheckResult:
             extra = f" ({'; '.join(self.notes)})" if self.notes else ""
             return f"{self.image}: ok{extra}"
         return f"{self.image}: {self.reason}"
+
+
+def _CERT() -> str:  # noqa: N802 - reads as the word it stands for
+    return opt("--cert", "a certificate")
 
 
 class _Fail(Exception):
@@ -137,7 +142,7 @@ def _check_one(image: Path, base: dict[str, str], cert: Any, work: Path) -> Chec
         if info.verity is not None and root_hash:
             _verify_tree(fs, image, root_hash, hash_offset=info.verity.offset)
         elif cert is not None:
-            raise _Fail("no verity partition, but --cert asks for a signed image")
+            raise _Fail(f"no verity partition, but {_CERT()} asks for a signed image")
         if doc is not None:
             res.signed = True
             if cert is not None:
@@ -149,7 +154,9 @@ def _check_one(image: Path, base: dict[str, str], cert: Any, work: Path) -> Chec
             else:
                 res.notes.append("signature not checked: no --cert")
         elif cert is not None:
-            raise _Fail("image is not signed (no root-verity-sig partition), but --cert was given")
+            raise _Fail(
+                f"image is not signed (no root-verity-sig partition), but {_CERT()} was given"
+            )
         else:
             res.notes.append("unsigned")
         arch = info.architecture
@@ -185,7 +192,7 @@ def _check_one(image: Path, base: dict[str, str], cert: Any, work: Path) -> Chec
             else:
                 res.notes.append("signature not checked: no --cert")
         elif cert is not None:
-            raise _Fail(f"image is not signed ({p7s.name} missing), but --cert was given")
+            raise _Fail(f"image is not signed ({p7s.name} missing), but {_CERT()} was given")
         else:
             res.notes.append("unsigned")
         if root_hash is None:

@@ -21,6 +21,7 @@ from typing import IO
 
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.run import require, run
+from acl_compose.ui import opt
 
 FLATCAR_FINGERPRINT = "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"
 FLATCAR_KEY_URL = "https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc"
@@ -34,7 +35,8 @@ def normalize_fingerprint(fpr: str) -> str:
     if not _FPR_RE.match(norm):
         raise InputError(
             f"trusted key {fpr!r} is not a full OpenPGP fingerprint",
-            hint="pass the 40-hex-digit primary key fingerprint (gpg --with-colons --fingerprint)",
+            hint="give the 40-hex-digit primary key fingerprint "
+            "(`gpg --show-keys --with-colons KEYFILE`, the first fpr line)",
         )
     return norm
 
@@ -103,14 +105,17 @@ class Trust:
         self.fingerprint = normalize_fingerprint(fingerprint)
         self.key_file = Path(key_file)
         if not self.key_file.is_file():
-            raise InputError(f"keyring {self.key_file} does not exist", hint="check --keyring")
+            raise InputError(
+                f"keyring {self.key_file} does not exist",
+                hint=f"check {opt('--keyring', 'the keyring path')}",
+            )
         found = key_fingerprints(self.key_file)
         if self.fingerprint not in found:
             shown = ", ".join(found) if found else "no OpenPGP key"
             raise VerificationError(
                 f"key file {self.key_file} holds {shown}, not the trusted key {self.fingerprint}",
-                hint="use the right key file, or pin its fingerprint with --trusted-key if you"
-                " trust it",
+                hint="use the right key file, or pin its fingerprint with "
+                f"{opt('--trusted-key', 'the trusted key setting')} if you trust it",
             )
         self._home = Path(tempfile.mkdtemp(prefix="acl-gpgv-"))
         try:
@@ -241,7 +246,8 @@ def parse_status(status: str, code: int, trusted: str, what: str, stderr: str = 
         keyid = next((ln[2] for ln in lines if ln[1] in ("ERRSIG", "NO_PUBKEY") and ln[2:]), "?")
         raise VerificationError(
             f"{what}: signed by key {keyid}, which is not the trusted key {trusted}",
-            hint="the signer is not trusted; pass the right --keyring/--trusted-key",
+            hint="the signer is not trusted; give the right "
+            f"{opt('--keyring', 'keyring')} and {opt('--trusted-key', 'trusted key')}",
         )
     valid = next((ln for ln in lines if ln[1] == "VALIDSIG"), None)
     if code != 0 or valid is None:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from acl_compose.errors import InputError, VerificationError
+from acl_compose.ui import opt
 from acl_compose.util import OutputDir, atomic_write
 
 PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]  # noqa: UP007
@@ -55,8 +56,6 @@ def generate(
     EC P-256 by default, RSA 4096 with rsa=True. Refuses to replace an existing key unless
     force, since losing a release key strands every image signed with it.
     """
-    from acl_compose.ui import opt
-
     out = Path(out_dir)
     key_path, cert_path = out / KEY_NAME, out / CERT_NAME
     # The output-folder rule, and stricter for keys: replacing one (even one we wrote)
@@ -133,7 +132,7 @@ def read_passphrase(
     if file is not None and env_var is not None:
         raise InputError(
             "both a passphrase file and a passphrase environment variable were given",
-            hint="use only one of --passphrase-file and --passphrase-env",
+            hint="use only one of them",
         )
     if file is not None:
         try:
@@ -174,7 +173,8 @@ def load_key(path: str | os.PathLike[str], passphrase: bytes | None = None) -> P
         if passphrase is None:
             raise InputError(
                 f"key {path} is encrypted and no passphrase was given",
-                hint="pass --passphrase-file FILE or --passphrase-env VAR",
+                hint=f"give it with {opt('--passphrase-file FILE', 'a passphrase file')} or "
+                f"{opt('--passphrase-env VAR', 'a passphrase variable')}",
             ) from None
         if "not encrypted" in str(e):  # a passphrase for a plain key: just use the key
             key = loader(raw, password=None)
@@ -290,7 +290,7 @@ def _warn_random_ecdsa() -> None:
     ui.warn(
         "this cryptography/OpenSSL cannot sign ECDSA deterministically (RFC 6979): EC "
         "signatures differ on every build; install cryptography>=44 or use an RSA key "
-        "(keys generate --rsa) for reproducible releases"
+        "(`acl-compose keys generate --rsa`) for reproducible releases"
     )
 
 

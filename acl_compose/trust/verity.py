@@ -34,6 +34,7 @@ from acl_compose.trust.verity_tree import (
     verify_tree,
     write_tree,
 )
+from acl_compose.ui import opt
 
 __all__ = [
     "RootHashMismatch",
@@ -157,7 +158,10 @@ def _check_params(
                 hint="use 512, 1024, 2048, 4096 (the default), ... 65536",
             )
     if hash_type not in (0, 1):
-        raise InputError(f"verity hash type {hash_type} is not 0 or 1", hint="use --format 1")
+        raise InputError(
+            f"verity hash type {hash_type} is not 0 or 1",
+            hint=f"use hash type 1 ({opt('--format 1', 'the current one')})",
+        )
     if len(salt) > MAX_SALT:
         raise InputError(f"salt is {len(salt)} bytes, at most {MAX_SALT} allowed")
     if hash_offset < 0 or hash_offset % 512:
@@ -169,7 +173,9 @@ def _check_params(
 
 def _check_workers(workers: int | None) -> None:
     if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
+        raise InputError(
+            f"{opt('--workers', 'the number of workers')} must be at least 1, got {workers}"
+        )
 
 
 def parse_salt(text: str | None) -> bytes | None:
@@ -244,7 +250,7 @@ def _resolve_data_blocks(data: Path, size: int, data_blocks: int | None, dbs: in
     if data_blocks * dbs > size:
         raise InputError(
             f"data file {data} is {size} bytes, smaller than {data_blocks} blocks of {dbs}",
-            hint="lower --data-blocks or use the right file",
+            hint=f"lower {opt('--data-blocks', 'the number of data blocks')} or use the right file",
         )
     return data_blocks
 
@@ -308,7 +314,8 @@ def create(
         raise InputError(
             f"hash offset {hash_offset} overlaps the data of {data} "
             f"({nblocks} blocks of {data_block_size} bytes)",
-            hint=f"use --hash-offset {nblocks * data_block_size} or more, or a separate hash file",
+            hint=f"put the tree at byte {nblocks * data_block_size} or later "
+            f"({opt('--hash-offset', 'the hash offset')}), or in a separate hash file",
         )
 
     if same:
@@ -465,15 +472,19 @@ def verify(
             hash_offset = (data_blocks * (data_block_size or 4096) + hbs - 1) // hbs * hbs
         else:
             raise InputError(
-                f"the hash tree is inside {data}: its --hash-offset is needed",
-                hint="pass the hash offset printed by `verity format` (or --data-blocks)",
+                f"the hash tree is inside {data}: its offset is needed "
+                f"({opt('--hash-offset', 'the hash offset')})",
+                hint="give the hash offset printed by `verity format` (or the number of data "
+                f"blocks: {opt('--data-blocks', 'the data blocks')})",
             )
     if superblock:
         sb = read_superblock(tree_file, hash_offset)
         if sb is None:
             raise InputError(
                 f"no verity superblock in {tree_file} at offset {hash_offset}",
-                hint="check --hash-offset, or pass --no-superblock with the layout options",
+                hint=f"check the offset ({opt('--hash-offset', 'the hash offset')}), or say there "
+                f"is no superblock ({opt('--no-superblock', 'no superblock')}) and give the "
+                "layout",
             )
         where = str(tree_file)
         algorithm = _pick("hash algorithm", algorithm, sb.algorithm, where)
