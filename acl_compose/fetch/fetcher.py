@@ -398,9 +398,10 @@ class Fetcher:
         name, link = hit.name, hit.path
         if self.offline:
             raise VerificationError(
-                f"{link}: cached without its file signature check; --offline cannot fetch"
-                f" {name}.sig",
-                hint="run it once online with --check-file-signatures",
+                f"{link}: cached without its file signature check; offline "
+                f"({opt('--offline', 'the cache only')}), {name}.sig cannot be fetched",
+                hint="run it once online with "
+                + opt("--check-file-signatures", "the file signatures checked"),
             )
         sig_bytes = self._get(hit.url + ".sig", signature_of=hit.url)
         with self.cache.temp_file(name + ".sig") as (sig, sf):
