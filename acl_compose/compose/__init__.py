@@ -10,7 +10,8 @@ from acl_compose.util import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "pipeline": ["ComposeError", "RELEASE_LAST", "compose", "release_output"],
+        "pipeline": ["ComposeError", "compose"],
+        "release_dir": ["RELEASE_LAST", "release_output"],
         "manifest": ["Manifest", "load_manifest"],
         "inspect": ["format_text", "inspect_image"],
         "verification": ["raise_on_failure", "verify_release"],

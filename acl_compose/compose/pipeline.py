@@ -27,6 +27,13 @@ from typing import Any
 
 from acl_compose import __version__, ui, util
 from acl_compose.compose.manifest import Manifest
+from acl_compose.compose.release_dir import (
+    RELEASE_JSON,
+    RELEASE_LAST,
+    RELEASE_P7S,
+    release_output,
+    sbom_name,
+)
 from acl_compose.errors import FetchError, InputError, VerificationError
 from acl_compose.image import fs, gpt, outputs, sparse, usr
 
@@ -70,38 +77,6 @@ class State:
     ignition: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     sbom: dict[str, Any] = field(default_factory=dict)  # sbom.build's extras
-
-
-RELEASE_JSON = "release.json"
-RELEASE_P7S = "release.json.p7s"
-
-
-def previous_release_files(out_dir: Path) -> set[str]:
-    """What an earlier compose wrote in `out_dir`, told by its release.json (older outputs
-    carry no output record)."""
-    try:
-        release = json.loads((out_dir / RELEASE_JSON).read_text())
-        files = {str(o["file"]) for o in release["outputs"]}
-        if release.get("sbom"):
-            files.add(str(release["sbom"]["file"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    return {RELEASE_JSON, RELEASE_P7S} | {f for f in files if "/" not in f}
-
-
-def release_output(manifest: Manifest, out_dir: Path, force: bool = False) -> util.OutputDir:
-    """OUT_DIR under the output-folder rule, its names checked now, not after minutes of work.
-    Stage into it with `staging(last=RELEASE_LAST)`."""
-    out = util.OutputDir(
-        out_dir, "compose", force=force, replace=True, previous=previous_release_files
-    )
-    names = [outputs.output_name(manifest.stem, f) for f in manifest.outputs]
-    out.check([*names, sbom_name(manifest), RELEASE_JSON, RELEASE_P7S])
-    return out
-
-
-# Moved in last (and an earlier one removed first): a release.json describes complete files.
-RELEASE_LAST = [RELEASE_P7S, RELEASE_JSON]
 
 
 def compose(
@@ -592,10 +567,6 @@ def write_release(st: State) -> dict[str, Any]:
         util.atomic_write(st.out / RELEASE_JSON, data)
         util.atomic_write(st.out / RELEASE_P7S, signing.sign_detached(data, st.key, st.cert))
         return release
-
-
-def sbom_name(manifest: Manifest) -> str:
-    return f"{manifest.stem}.spdx.json"
 
 
 def _write_sbom(st: State, release: dict[str, Any]) -> dict[str, Any]:

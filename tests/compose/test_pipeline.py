@@ -289,6 +289,9 @@ def test_compose_never_deletes_the_users_files(mini_release, tmp_path):
     assert proc.stderr.startswith(f"error: output folder {precious} is not empty")
     assert "--force" in proc.stderr and "load the release signing key" not in proc.stderr
     assert sorted(p.name for p in precious.iterdir()) == ["thesis.txt"]
+    proc = run_cli("--cache-dir", mini_release["cache"], "compose", m, "-o", precious,
+                   "--check-reproducible")  # fmt: skip
+    assert proc.returncode == 1 and "is not empty" in proc.stderr and "build A" not in proc.stderr
     # --force: the release is added beside the user's file.
     run_cli("--cache-dir", mini_release["cache"], "compose", m, "-o", precious, "--force",
             check=True, env=SDE)  # fmt: skip

@@ -98,8 +98,8 @@ def test_check_reproducible_names_the_first_differing_byte(builds, tmp_path, mon
     real = repro.compose
     calls = []
 
-    def compose_and_spoil(manifest, out_dir, cache_dir):
-        release = real(manifest, out_dir, cache_dir)
+    def compose_and_spoil(manifest, out_dir, cache_dir, **kwargs):
+        release = real(manifest, out_dir, cache_dir, **kwargs)
         calls.append(out_dir)
         if len(calls) == 2:
             img = Path(out_dir) / "acl-test-1.0.0.bin"
