@@ -101,7 +101,14 @@ def load(text: str) -> Located:
     (one of those) on duplicate or non-string keys, LimitError (one too) over a limit."""
     if len(text) > MAX_BYTES:
         raise LimitError(f"document larger than {MAX_BYTES} characters", _mark_at(text, MAX_BYTES))
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as e:  # unmarked: carries an offset, not a line
+        char = e.character if isinstance(e.character, str) else chr(e.character)
+        raise yaml.MarkedYAMLError(
+            problem=f"character {char!r} is not allowed in YAML",
+            problem_mark=_mark_at(text, e.position),
+        ) from None
     try:
         node = loader.get_single_node()
         if node is not None:

@@ -226,6 +226,7 @@ def test_describe_locates_every_kind_of_error():
         "a: 1\na: 2\n": "f.yaml:2:1: duplicate key 'a'",
         "a: *nowhere\n": "f.yaml:1:4: invalid YAML: found undefined alias 'nowhere'",
         bomb(): "f.yaml:5:12: aliases expand the document",
+        "a: 1\nb: x\x00y\n": "f.yaml:2:5: invalid YAML: character '\\x00' is not allowed",
     }
     for text, want in cases.items():
         with pytest.raises(yaml.YAMLError) as exc:
