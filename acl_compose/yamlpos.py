@@ -59,7 +59,7 @@ class Located:
     data: Any
     positions: dict[Path, tuple[int, int]] = field(default_factory=dict)  # of keys and items
     starts: dict[Path, tuple[int, int]] = field(default_factory=dict)  # of values
-    raws: dict[Path, str] = field(default_factory=dict)  # scalar values' source text
+    raws: dict[Path, str] = field(default_factory=dict)  # unquoted scalars' source text
 
     def position(self, path: Path) -> tuple[int, int]:
         """Where the key (or list item) at `path` was written; KeyError if nowhere."""
@@ -74,7 +74,7 @@ class Located:
         return self.starts[path]
 
     def raw(self, path: Path) -> str | None:
-        """The value at `path` as written (`0644`, `1.10`), if it is a scalar."""
+        """The value at `path` as written (`0644`, `1.10`), if it is an unquoted scalar."""
         return self.raws.get(path)
 
 
@@ -212,7 +212,7 @@ class _Loader(yaml.SafeLoader):
         self.located.starts[path] = _pos(node.start_mark)
         collection = (node.tag, type(node)) in ((_MAP, yaml.MappingNode), (_SEQ, yaml.SequenceNode))
         if not collection:  # scalars, !!set, !!omap ..., and `!!seq 1`: as safe_load does
-            if isinstance(node, yaml.ScalarNode):
+            if isinstance(node, yaml.ScalarNode) and node.style is None:  # plain: as written
                 self.located.raws[path] = node.value
             return self.construct(node)
         if node in self.building:  # an alias inside its own anchor
@@ -252,3 +252,70 @@ class _Loader(yaml.SafeLoader):
             if key in seen:
                 raise BadKeyError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
+
+
+# ----------------------------------------------------------------- scalars with one meaning
+# Every YAML the project reads (manifest, sysext.yaml, Ignition YAML) reads these the same way.
+
+
+class ScalarError(ValueError):
+    """A scalar of the wrong kind; the message says what to write instead."""
+
+
+def text(value: Any, raw: str | None, key: str) -> str:
+    """A version or a name: it must be a YAML string. An unquoted `0.10` is the float 0.1 and
+    `1.0` the float 1.0, so a number is refused with the advice to quote it, never guessed."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        raise ScalarError(
+            f"expected text, not a {'mapping' if isinstance(value, dict) else 'list'}"
+        )
+    if value is None:
+        raise ScalarError("has no value: write it, quoted if it looks like a number")
+    written = raw if raw is not None else str(value)
+    kind = "true/false" if isinstance(value, bool) else "a number"
+    shown = f" ({value!r})" if kind == "a number" and str(value) != written else ""
+    raise ScalarError(f'{written} is {kind}{shown} in YAML, not text: quote it, {key}: "{written}"')
+
+
+# Decimal spellings of common modes that happen to use only digits 0-7: meant as written.
+_DECIMAL_SPELLINGS = {420: "0644", 416: "0640", 365: "0555", 511: "0777", 256: "0400"}
+
+
+def file_mode(value: Any, raw: str | None) -> tuple[int, str | None]:
+    """A file mode, by Butane's rule: an unquoted integer, taken as written. `0644` and
+    `0o644` are octal (420); `420` is decimal. A decimal that looks octal (`644`, `4755`) is
+    taken as decimal (644 = 0o1204), with a warning to write `0644`. Quoted modes are
+    refused. Returns (mode, warning or None); ScalarError if it is no mode."""
+    if isinstance(value, str) and raw is not None and raw.lower().startswith("0o"):
+        try:  # YAML 1.2's octal spelling (PyYAML, YAML 1.1, reads it as a string)
+            value = int(raw[2:], 8)
+        except ValueError:
+            raise ScalarError(f"{raw} is not an octal number (digits 0-7)") from None
+    elif isinstance(value, str) and raw is not None:
+        if raw.startswith("0") and raw.isdigit():
+            raise ScalarError(f"{raw} is not an octal number (digits 0-7 after the 0)")
+        raise ScalarError(f"{raw} is not a number; write a mode like 0644")
+    elif isinstance(value, str):
+        raise ScalarError(f"{value!r} is quoted: write the number without quotes, e.g. mode: 0644")
+    elif isinstance(value, bool) or not isinstance(value, int):
+        shown = raw if raw is not None else repr(value)
+        raise ScalarError(f"{shown} is not an integer like 0644")
+    written = raw if raw is not None else str(value)
+    looks_octal = (
+        written.isdigit()
+        and len(written) in (3, 4)
+        and written[0] != "0"
+        and set(written) <= set("01234567")
+        and value not in _DECIMAL_SPELLINGS
+    )
+    if not 0 <= value <= 0o7777:
+        advice = f"; for octal permissions write 0{written}" if looks_octal else ""
+        raise ScalarError(f"{written} is out of range (0 to 07777 octal, 4095){advice}")
+    warning = None
+    if looks_octal:
+        warning = (
+            f"mode {written} is decimal (octal 0{value:o}); write 0{written} for octal permissions"
+        )
+    return value, warning

@@ -50,7 +50,8 @@ def test_raw_scalar_text_tells_octal_from_decimal():
     assert loc.data["top"]["files"][0]["mode"] == 0o644
     assert loc.raw(("top", "files", 0, "mode")) == "0644"
     assert loc.raw(("top", "files", 1, "mode")) == "420"
-    assert loc.raw(("top", "flow", 1)) == "y"
+    assert loc.raw(("top", "flow", 0)) == "x"
+    assert loc.raw(("top", "flow", 1)) is None  # quoted: no source text to read "as written"
     assert loc.raw(("top", "files")) is None  # not a scalar
 
 
@@ -349,3 +350,69 @@ def test_bad_scalars_and_mistagged_nodes_are_located_yaml_errors(text, problem):
         yamlpos.load(text)
     assert problem in exc.value.problem
     assert exc.value.problem_mark is not None
+
+
+# ---------------------------------------------------------------- one meaning for scalars
+
+
+@pytest.mark.parametrize(
+    "doc,mode,warning",
+    [
+        ("mode: 0644", 0o644, None),
+        ("mode: 0o644", 0o644, None),
+        ("mode: 04755", 0o4755, None),
+        ("mode: 420", 420, None),  # Ignition JSON's decimal spelling of 0644: meant as written
+        ("mode: 0", 0, None),
+        ("mode: 493", 493, None),
+        ("mode: 644", 644, "mode 644 is decimal (octal 01204); write 0644 for octal permissions"),
+        ("mode: 755", 755, "mode 755 is decimal (octal 01363); write 0755 for octal permissions"),
+    ],
+)
+def test_file_mode_is_butanes_rule(doc, mode, warning):
+    loc = yamlpos.load(doc)
+    assert yamlpos.file_mode(loc.data["mode"], loc.raw(("mode",))) == (mode, warning)
+
+
+@pytest.mark.parametrize(
+    "doc,problem",
+    [
+        ("mode: '0644'", "'0644' is quoted: write the number without quotes"),
+        ('mode: "420"', "'420' is quoted"),
+        ("mode: 0999", "0999 is not an octal number (digits 0-7 after the 0)"),
+        ("mode: 0o999", "0o999 is not an octal number"),
+        ("mode: rw-r--r--", "rw-r--r-- is not a number"),
+        ("mode: 99999", "99999 is out of range (0 to 07777 octal, 4095)"),
+        (
+            "mode: 4755",
+            "4755 is out of range (0 to 07777 octal, 4095); for octal permissions write 04755",
+        ),  # fmt: skip
+        ("mode: 010000", "010000 is out of range"),
+        ("mode: true", "true is not an integer like 0644"),
+        ("mode: 6.44", "6.44 is not an integer"),
+    ],
+)
+def test_file_mode_refusals_say_what_to_write(doc, problem):
+    loc = yamlpos.load(doc)
+    with pytest.raises(yamlpos.ScalarError) as e:
+        yamlpos.file_mode(loc.data["mode"], loc.raw(("mode",)))
+    assert str(e.value).startswith(problem), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "doc,message",
+    [
+        ("version: 0.10",
+         'version 0.10 is a number (0.1) in YAML, not text: quote it, version: "0.10"'),
+        ("version: 1.0", 'version 1.0 is a number in YAML, not text: quote it, version: "1.0"'),
+        ("version: 3", 'version 3 is a number in YAML, not text: quote it, version: "3"'),
+        ("name: yes", 'name yes is true/false in YAML, not text: quote it, name: "yes"'),
+        ("name:", "name has no value"),
+    ],
+)  # fmt: skip
+def test_versions_and_names_must_be_text(doc, message):
+    loc = yamlpos.load(doc)
+    key = doc.split(":")[0]
+    assert yamlpos.text("1.10", "1.10", key) == "1.10"
+    with pytest.raises(yamlpos.ScalarError) as e:
+        yamlpos.text(loc.data[key], loc.raw((key,)), key)
+    assert f"{key} {e.value}".startswith(message)

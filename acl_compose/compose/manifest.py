@@ -18,6 +18,7 @@ import yaml
 
 from acl_compose import yamlpos
 from acl_compose.errors import InputError
+from acl_compose.ui import opt
 
 OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
 CHANNELS = ("alpha", "beta", "stable", "lts")
@@ -93,8 +94,11 @@ class _Ctx:
         return node
 
     def string(
-        self, node: dict[str, Any], key: str, where: str, required: bool = False
-    ) -> str | None:
+        self, node: dict[str, Any], key: str, where: str, required: bool = False,
+        text_only: bool = False,
+    ) -> str | None:  # fmt: skip
+        """A string field; `text_only` (names, versions): a YAML number is refused with its
+        `file:line:col` and the advice to quote it (an unquoted 0.10 is the float 0.1)."""
         if key not in node or node[key] is None:
             if required:
                 line = self.loc.start(_ypath(where))[0]
@@ -102,6 +106,16 @@ class _Ctx:
             return None
         line = self.line(*_ypath(where), key)
         value = node[key]
+        if text_only:
+            ypath = (*_ypath(where), key)
+            try:
+                yamlpos.text(value, self.loc.raw(ypath), key)
+            except yamlpos.ScalarError as e:
+                vline, col = self.loc.start(ypath)
+                raise InputError(
+                    f"{self.path}:{vline}:{col}: {_join(where, key)}: {e}",
+                    hint="names and versions are text in the manifest: quote them",
+                ) from None
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise self.err(line, _join(where, key), f"expected a string, got {_kind(value)}")
         return self.expand(str(value), line, _join(where, key))
@@ -192,8 +206,8 @@ def load_manifest(
         },
     )
 
-    name = ctx.string(top, "name", "", required=True) or ""
-    version = ctx.string(top, "version", "", required=True) or ""
+    name = ctx.string(top, "name", "", required=True, text_only=True) or ""
+    version = ctx.string(top, "version", "", required=True, text_only=True) or ""
     for key, value in (("name", name), ("version", version)):
         if not _NAME_RE.match(value):
             raise ctx.err(
@@ -308,14 +322,26 @@ def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Ba
     }
     b = ctx.mapping(node, "base", line, allowed)
     base = Base()
-    path_s = (
-        str(Path(overrides["path"]).resolve())
-        if overrides.get("path")
-        else ctx.string(b, "path", "base")
-    )
+    if overrides.get("path"):
+        # --base-path replaces the whole remote base: its fields (and their ${VARS}) are not
+        # read, only base.board (which /usr layout to expect). The path is the user's, relative
+        # to where they typed it, not to the manifest.
+        base.path = Path(overrides["path"]).resolve()
+        if not base.path.exists():
+            raise InputError(
+                f"{opt('--base-path', 'base path')} {overrides['path']} does not exist "
+                f"(resolved to {base.path})",
+                hint="give a Flatcar image (.bin, .bin.bz2) or SDK output folder; relative "
+                "paths are relative to the current folder",
+            )
+        board = ctx.string(b, "board", "base")
+        if board is not None:
+            base.board = board
+        return _check_base(ctx, base, line)
+    path_s = ctx.string(b, "path", "base")
     remote_keys = [k for k in ("channel", "release", "base_url") if k in b]
     if path_s:
-        if remote_keys and "path" in b:
+        if remote_keys:
             raise ctx.err(
                 ctx.line("base", remote_keys[0]),
                 f"base.{remote_keys[0]}",
@@ -326,21 +352,10 @@ def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Ba
     for key in ("channel", "release", "board", "base_url", "trusted_key"):
         if overrides.get(key):  # the command line wins; do not even expand the manifest's value
             continue
-        v = ctx.string(b, key, "base")
+        v = ctx.string(b, key, "base", text_only=key == "release")
         if v is not None:
             setattr(base, key, v)
-    if base.channel not in CHANNELS:
-        raise ctx.err(
-            ctx.line("base", "channel", default=line),
-            "base.channel",
-            f"{base.channel!r} is not one of {', '.join(CHANNELS)}",
-        )
-    if base.board not in BOARDS:
-        raise ctx.err(
-            ctx.line("base", "board", default=line),
-            "base.board",
-            f"{base.board!r} is not one of {', '.join(BOARDS)}",
-        )
+    _check_base(ctx, base, line)
     kr = None if overrides.get("keyring") else ctx.string(b, "keyring", "base")
     if kr:
         base.keyring = ctx.path_value(kr, ctx.line("base", "keyring"), "base.keyring")
@@ -355,6 +370,22 @@ def _load_base(ctx: _Ctx, node: Any, line: int, overrides: dict[str, Any]) -> Ba
         base.keyring = Path(overrides["keyring"]).resolve()
     if base.trusted_key:
         base.trusted_key = base.trusted_key.replace(" ", "").upper()
+    return base
+
+
+def _check_base(ctx: _Ctx, base: Base, line: int) -> Base:
+    if base.channel not in CHANNELS:
+        raise ctx.err(
+            ctx.line("base", "channel", default=line),
+            "base.channel",
+            f"{base.channel!r} is not one of {', '.join(CHANNELS)}",
+        )
+    if base.board not in BOARDS:
+        raise ctx.err(
+            ctx.line("base", "board", default=line),
+            "base.board",
+            f"{base.board!r} is not one of {', '.join(BOARDS)}",
+        )
     return base
 
 

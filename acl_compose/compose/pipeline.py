@@ -16,11 +16,13 @@ Caches (under the cache dir, all content-addressed):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ from acl_compose.compose.release_dir import (
     release_output,
     sbom_name,
 )
-from acl_compose.errors import FetchError, InputError, VerificationError
+from acl_compose.errors import AclComposeError, FetchError, InputError, VerificationError
 from acl_compose.image import fs, gpt, outputs, sparse, usr
 
 IMAGE_NAME = "flatcar_production_image.bin"
@@ -284,14 +286,25 @@ def _stamp(path: Path) -> str:
 
 def read_partitions(st: State) -> None:
     """Step 3: read the GPT (own reader) and find Flatcar's partitions by label."""
-    with ui.step("read the partition table"):
+    with ui.step("read the partition table"), _naming_the_base(st):
         st.disk = usr.require_disk(st.image)  # type: ignore[arg-type]
         ui.info(", ".join(f"{p.number}:{p.name}" for p in st.disk.partitions))
 
 
+@contextlib.contextmanager
+def _naming_the_base(st: State) -> Iterator[None]:
+    """Errors about the work copy name the base the user gave, not a temporary file."""
+    try:
+        yield
+    except AclComposeError as e:
+        if str(st.image) not in e.message:
+            raise
+        raise type(e)(e.message.replace(str(st.image), f"base {st.base_file}"), e.hint) from None
+
+
 def verify_base_usr(st: State) -> None:
     """Step 4: recompute USR-A's verity tree against the root hash in the kernel."""
-    with ui.step("verify the base /usr (dm-verity)"):
+    with ui.step("verify the base /usr (dm-verity)"), _naming_the_base(st):
         disk, img = st.disk, st.image
         assert disk is not None and img is not None
         part = usr.usr_partition(disk)

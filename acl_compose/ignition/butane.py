@@ -14,7 +14,6 @@ import gzip
 import json
 import os
 import posixpath
-import re
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,7 @@ class _Translator:
         elif sig == ("passwd", "users") and "ssh_authorized_keys_local" in y:
             self.ssh_keys_local(y["ssh_authorized_keys_local"], out, ypath, ipath)
         elif sig in (("storage", "files"), ("storage", "directories")):
-            self.check_mode_spelling(y, ypath)
+            self.mode(y, out, ypath)
         order = list(props)
         return {k: out[k] for k in sorted(out, key=order.index)}
 
@@ -276,14 +275,20 @@ class _Translator:
                     keys.append(line.strip())
         out["sshAuthorizedKeys"] = keys
 
-    def check_mode_spelling(self, y: dict[str, Any], ypath: KeyPath) -> None:
-        raw = self.raws.get(ypath + ("mode",))
-        mode = y.get("mode")
-        if isinstance(mode, int) and raw and re.fullmatch(r"[1-7][0-7]{2,3}", raw):
-            self.report.warnings.append(
-                f"{self.locator.where(ypath + ('mode',))}: mode {raw} is decimal (octal "
-                f"0{mode:o}); write 0{raw} for octal permissions"
-            )
+    def mode(self, y: dict[str, Any], out: dict[str, Any], ypath: KeyPath) -> None:
+        """Modes by the one rule of every YAML here (yamlpos.file_mode); each bad one is
+        reported here, so all are listed, not only those the schema check would see."""
+        if "mode" not in y or y["mode"] is None:
+            return
+        yp = ypath + ("mode",)
+        try:
+            out["mode"], warning = yamlpos.file_mode(y["mode"], self.raws.get(yp))
+        except yamlpos.ScalarError as e:
+            self.error(yp, str(e))
+            out.pop("mode", None)
+            return
+        if warning:
+            self.report.warnings.append(f"{self.locator.where(yp)}: {warning}")
 
     def trees(self, trees: Any, storage: dict[str, Any]) -> None:
         ytrees: KeyPath = ("storage", "trees")
@@ -370,7 +375,12 @@ def render_text(
             f"variant must be 'flatcar' (got {data.get('variant')!r})",
         )
     bversion = data.get("version")
-    if bversion not in BUTANE_VERSIONS:
+    if "version" in data and not isinstance(bversion, str):
+        try:
+            yamlpos.text(bversion, located.raws.get(("version",)), "version")
+        except yamlpos.ScalarError as e:
+            report.error_at_source(("version",), str(e))
+    elif bversion not in BUTANE_VERSIONS:
         report.error_at_source(
             ("version",) if "version" in data else (),
             f"unsupported version {bversion!r}; acl-compose knows flatcar 1.0.0 "
@@ -388,8 +398,7 @@ def render_text(
     ign = body.get("ignition", {}) if isinstance(body.get("ignition"), dict) else {}
     cfg = {"ignition": {"version": version, **ign}}
     cfg.update({k: v for k, v in body.items() if k != "ignition"})
-    report.raise_if_errors()
-    check_config(cfg, report)
+    check_config(cfg, report)  # also after translation errors: every error is listed
     report.raise_if_errors()
     _emit(report.warnings, warnings)
     return canonical(cfg, version)

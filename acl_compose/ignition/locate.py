@@ -88,8 +88,16 @@ class Report:
         self.errors.append(f"{self.locator.where(spath)}: {msg}")
 
     def raise_if_errors(self, hint: str | None = None) -> None:
-        if self.errors:
-            raise IgnitionError(self.errors, hint)
+        if self.errors:  # in file order, whichever check found them
+            raise IgnitionError(sorted(self.errors, key=_file_order), hint)
+
+
+_WHERE = re.compile(r":(\d+):(\d+): ")
+
+
+def _file_order(error: str) -> tuple[int, int]:
+    m = _WHERE.search(error)
+    return (int(m[1]), int(m[2])) if m else (0, 0)
 
 
 def snake(name: str) -> str:

@@ -423,9 +423,10 @@ def check_config(cfg: Any, report: Report) -> str | None:
         )
         return None
     root = schema(version)
+    before = len(report.errors)
     check_schema(cfg, root, root, (), report)
-    if not report.errors:
-        check_semantics(cfg, version, report)
+    if len(report.errors) == before:  # semantics need a schema-valid config, nothing more:
+        check_semantics(cfg, version, report)  # errors found before (a bad mode) add to them
     return version
 
 

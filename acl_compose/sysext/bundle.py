@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from acl_compose import yamlpos
+from acl_compose import ui, yamlpos
 from acl_compose.errors import InputError, PolicyError
 from acl_compose.image.osrelease import format_os_release
 from acl_compose.sysext.policy import walk_sorted
@@ -113,11 +113,24 @@ def _scalar_str(value: Any, raw: str | None, key: str, where: str) -> str:
 
 
 def _parse_mode(value: Any, raw: str | None, where: str) -> int:
-    raw = raw if raw is not None else str(value)
-    text = raw.strip().lower().removeprefix("0o")
-    if not re.fullmatch(r"[0-7]{1,4}", text):
-        raise _err(where, f"mode {raw!r} is not an octal mode like 0644")
-    return int(text, 8)
+    """The one mode rule of every YAML here (yamlpos.file_mode, Butane's)."""
+    try:
+        mode, warning = yamlpos.file_mode(value, raw)
+    except yamlpos.ScalarError as e:
+        raise _err(
+            where, f"mode: {e}", hint="write modes as unquoted octal numbers, e.g. 0755"
+        ) from None
+    if warning:
+        ui.warn(f"{where}: {warning}")
+    return mode
+
+
+def _version_text(value: Any, raw: str | None, key: str, where: str) -> str:
+    """Names and versions are text: an unquoted 0.10 is refused, not read as 0.1."""
+    try:
+        return yamlpos.text(value, raw, key)
+    except yamlpos.ScalarError as e:
+        raise _err(where, f"{key}: {e}") from None
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
@@ -144,6 +157,10 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     def text(key: str) -> str:
         return _scalar_str(data[key], loc.raw((key,)), key, at(key))
 
+    def version_text(key: str) -> str:  # located at the value: file:line:col
+        line, col = loc.start((key,))
+        return _version_text(data[key], loc.raw((key,)), key, f"{manifest}:{line}:{col}")
+
     for key in data:
         if key not in TOP_KEYS:
             raise _err(
@@ -155,8 +172,8 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     b = Bundle(
         directory=directory,
         manifest=manifest,
-        name=text("name"),
-        version=text("version"),
+        name=version_text("name"),
+        version=version_text("version"),
     )
     for key in ("name", "version"):
         if not _NAME.match(getattr(b, key)):
@@ -168,10 +185,10 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         if not re.fullmatch(r"[a-z0-9._-]+|_any", b.os):
             raise _err(at("os"), f"os {b.os!r} is not an os-release ID (lowercase) or _any")
     if "version_id" in data:
-        b.version_id = text("version_id")
+        b.version_id = version_text("version_id")
         b.sysext_level = None
     if "sysext_level" in data:
-        b.sysext_level = text("sysext_level")
+        b.sysext_level = version_text("sysext_level")
     if "architecture" in data:
         b.architecture = text("architecture")
         if b.architecture not in ARCHITECTURES:
@@ -261,7 +278,8 @@ def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest:
     if "mode" in entry:
         if src == "symlink":
             raise _err(where, f"symlink {path} cannot have a mode")
-        fe.mode = _parse_mode(entry["mode"], loc.raw(ypath + ("mode",)), where)
+        line, col = loc.start(ypath + ("mode",))
+        fe.mode = _parse_mode(entry["mode"], loc.raw(ypath + ("mode",)), f"{manifest}:{line}:{col}")
     return fe
 
 

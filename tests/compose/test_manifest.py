@@ -17,7 +17,7 @@ def tree(tmp_path: Path) -> Path:
     (tmp_path / "keys" / "release.crt").write_text("c")
     bundle = tmp_path / "bundles" / "hello"
     bundle.mkdir(parents=True)
-    (bundle / "sysext.yaml").write_text("name: hello\nversion: 1\n")
+    (bundle / "sysext.yaml").write_text('name: hello\nversion: "1"\n')
     (tmp_path / "ign").mkdir()
     (tmp_path / "ign" / "base.yaml").write_text("variant: flatcar\nversion: 1.0.0\n")
     (tmp_path / "prebuilt.raw").write_bytes(b"x")
@@ -114,7 +114,7 @@ def test_errors_name_file_and_line(tree, edit, line, needle, monkeypatch):
 
 
 def test_missing_required_and_bad_yaml(tree):
-    p = write(tree, "name: a\nversion: 1\nbase: {path: base.bin}\n")
+    p = write(tree, 'name: a\nversion: "1"\nbase: {path: base.bin}\n')
     with pytest.raises(InputError, match="signing: required key missing"):
         manifest.load_manifest(p)
     p = write(tree, "name: [\n")
@@ -165,3 +165,49 @@ def test_override_skips_unset_env_in_manifest(tree, monkeypatch):
     )
     m = manifest.load_manifest(p, {"base_url": "http://127.0.0.1:2/"})
     assert m.base.base_url == "http://127.0.0.1:2/"
+
+
+@pytest.mark.parametrize(
+    ("edit", "where"),
+    [
+        (("version: 1.2.3", "version: 0.10"), "2:10: version: 0.10 is a number (0.1) in YAML"),
+        (("version: 1.2.3", "version: 2"), "2:10: version: 2 is a number in YAML"),
+        (("name: acl", "name: 1.5"), "1:7: name: 1.5 is a number in YAML"),
+        (('  release: "4081.2.0"', "  release: 4081.2"), "5:12: base.release: 4081.2 is a number"),
+    ],
+)
+def test_versions_and_names_must_be_quoted_when_they_look_like_numbers(tree, edit, where):
+    """`version: 0.10` used to become "0.1" silently."""
+    path = write(tree, GOOD.replace(*edit))
+    with pytest.raises(InputError) as e:
+        manifest.load_manifest(path)
+    assert e.value.message.startswith(f"{path}:{where}"), e.value.message
+    assert e.value.message.endswith(f'quote it, {edit[1].split(":")[0].strip()}: '
+                                    f'"{edit[1].split(": ")[1]}"')  # fmt: skip
+
+
+def test_base_path_override_reads_no_remote_fields(tree, monkeypatch):
+    """--base-path used to demand ACL_TRUSTED_KEY and ACL_KEYRING it would not use."""
+    monkeypatch.delenv("ACL_TEST_UNSET_VAR", raising=False)
+    text = GOOD.replace(
+        '"f88c fede ff29 a5b4 d952 3864 e25d 9aed 0593 b34a"', "${ACL_TEST_UNSET_VAR}"
+    )
+    text = text.replace(
+        "  board: amd64-usr\n", "  board: amd64-usr\n  keyring: ${ACL_TEST_UNSET_VAR}\n"
+    )
+    p = write(tree, text)
+    with pytest.raises(InputError, match="ACL_TEST_UNSET_VAR is not set"):
+        manifest.load_manifest(p)
+    m = manifest.load_manifest(p, {"path": tree / "base.bin"})
+    assert m.base.path == tree / "base.bin" and m.base.keyring is None
+    assert m.base.trusted_key is None and m.base.board == "amd64-usr"
+
+
+def test_missing_base_path_is_named_as_the_user_gave_it(tree, monkeypatch):
+    monkeypatch.chdir(tree / "keys")
+    with pytest.raises(InputError) as e:
+        manifest.load_manifest(write(tree, GOOD), {"path": Path("nothere.bin")})
+    assert e.value.message == (
+        f"--base-path nothere.bin does not exist (resolved to {tree / 'keys' / 'nothere.bin'})"
+    )
+    assert "manifest" not in e.value.hint and "current folder" in e.value.hint

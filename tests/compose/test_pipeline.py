@@ -326,6 +326,18 @@ def test_compose_refuses_to_replace_a_file_it_did_not_write(mini_release, tmp_pa
     assert (out / "acl-test-1.0.0.bin").read_text() == "the user's own image"
 
 
+def test_bad_base_path_names_the_users_file_not_a_work_file(mini_release, tmp_path):
+    notimg = tmp_path / "notimg.bin"
+    notimg.write_text("not a disk image")
+    proc = run_cli("--cache-dir", tmp_path / "cache", "compose", mini_release["manifest"],
+                   "-o", tmp_path / "out", "--base-path", notimg)  # fmt: skip
+    assert proc.returncode == 1
+    error = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error: "))
+    assert error.startswith(f"error: base {notimg}: no GPT found"), proc.stderr
+    assert ".tmp" not in proc.stderr and "disk.bin" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_altered_usr_base_is_refused(release_key, tmp_path):
     mini = build_mini_flatcar(tmp_path / "base.bin", tmp_path / "work")
     part = gpt.read(mini.path).by_label("USR-A")

@@ -58,7 +58,7 @@ def release(mini_flatcar, release_key, tmp_path_factory):
         (bundle / "sysext.yaml").write_text(
             "name: fetched\nversion: '0.3'\nfiles:\n"
             f"  - {{path: /usr/bin/tool, url: '{url}', "
-            f"sha256: {hashlib.sha256(payload).hexdigest()}, mode: '0755'}}\n"
+            f"sha256: {hashlib.sha256(payload).hexdigest()}, mode: 0755}}\n"
         )
         m = write_manifest(
             d / "m.yaml", base={"path": base / "flatcar_production_image.bin"}, key=key,

@@ -228,11 +228,11 @@ INVALID_YAML = [
     ),
     (
         "storage:\n  files:\n    - path: /etc/a\n      mode: 010000\n",
-        "6:7: storage.files[0].mode: illegal file mode 4096",
+        "6:7: storage.files[0].mode: 010000 is out of range (0 to 07777 octal, 4095)",
     ),
     (
         "storage:\n  files:\n    - path: /etc/a\n      mode: '0644'\n",
-        "6:7: storage.files[0].mode: expected integer, got string",
+        "6:7: storage.files[0].mode: '0644' is quoted: write the number without quotes",
     ),
     (
         "storage:\n  files:\n    - path: /etc/a\n      contents:\n"
@@ -354,7 +354,10 @@ def test_invalid_yaml_is_located(tmp_path, body, expected):
     bad.write_text(HEADER + body)
     with pytest.raises(IgnitionError) as exc:
         ignition.render(bad, FILES, warnings=[])
-    assert exc.value.errors[0].startswith(f"{bad}:{expected}"), exc.value.errors
+    # every error is listed, in file order; the one this case is about among them
+    assert any(e.startswith(f"{bad}:{expected}") for e in exc.value.errors), exc.value.errors
+    where = [tuple(map(int, e[len(f"{bad}:") :].split(":")[:2])) for e in exc.value.errors]
+    assert where == sorted(where)
 
 
 @pytest.mark.parametrize(
@@ -426,3 +429,39 @@ def test_warnings(tmp_path):
         for w in warnings
     )
     assert not any("docker.service" in w or "systemd-resolved" in w for w in warnings)
+
+
+def test_every_bad_mode_is_listed_by_the_one_mode_rule(tmp_path):
+    """Three bad modes used to give two errors ('all errors are listed'), `mode: 0999` said
+    'expected integer, got string', and sysext.yaml read modes by another rule."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        HEADER + "storage:\n  files:\n"
+        "    - path: /etc/a\n      mode: 0999\n"
+        "    - path: /etc/b\n      mode: 99999\n"
+        "    - path: /etc/c\n      mode: '0644'\n"
+        "    - path: /etc/d\n      mode: 0o640\n"
+        "    - path: rel\n"
+    )  # fmt: skip
+    with pytest.raises(IgnitionError) as exc:
+        ignition.render(bad, warnings=[])
+    assert [e.removeprefix(f"{bad}:") for e in exc.value.errors] == [
+        "6:7: storage.files[0].mode: 0999 is not an octal number (digits 0-7 after the 0)",
+        "8:7: storage.files[1].mode: 99999 is out of range (0 to 07777 octal, 4095)",
+        "10:7: storage.files[2].mode: '0644' is quoted: write the number without quotes, "
+        "e.g. mode: 0644",
+        "13:7: storage.files[4].path: path not absolute: 'rel'",
+    ]
+    good = tmp_path / "good.yaml"
+    good.write_text(HEADER + "storage:\n  files:\n    - path: /etc/d\n      mode: 0o640\n")
+    assert ignition.render(good, warnings=[])["storage"]["files"][0]["mode"] == 0o640
+
+
+def test_butane_version_must_be_text(tmp_path):
+    bad = tmp_path / "v.yaml"
+    bad.write_text("variant: flatcar\nversion: 1.0\n")
+    with pytest.raises(IgnitionError) as exc:
+        ignition.render(bad, warnings=[])
+    assert exc.value.errors == [
+        f'{bad}:2:1: version: 1.0 is a number in YAML, not text: quote it, version: "1.0"'
+    ]

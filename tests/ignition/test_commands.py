@@ -47,7 +47,7 @@ def test_cli_render_invalid_exits_1_and_writes_nothing(tmp_path):
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()
     assert lines[0] == f"error: {bad}:5:7: storage.files[0].path: path not absolute: 'rel'"
-    assert lines[1].startswith(f"error: {bad}:7:7: storage.files[1].mode: illegal file mode")
+    assert lines[1].startswith(f"error: {bad}:7:7: storage.files[1].mode: 99999 is out of range")
     assert lines[2].startswith("hint: ")
     assert not out.exists() and list(tmp_path.iterdir()) == [bad]
 

@@ -40,7 +40,7 @@ def test_every_file_has_its_origin(tmp_path: Path, cache_dir: Path, filesystem: 
             "  - {path: /usr/lib/demo/one.conf, from: files/one.conf}\n"
             "  - {path: /usr/share/demo, from: files/tree}\n"
             "  - {path: /usr/lib/demo/inline.txt, inline: hello}\n"
-            f"  - {{path: /usr/bin/tool, url: '{url}', sha256: {sha}, mode: '0755'}}\n"
+            f"  - {{path: /usr/bin/tool, url: '{url}', sha256: {sha}, mode: 0755}}\n"
             "  - {path: /usr/bin/tool2, symlink: tool}\n"
             "  - {path: /usr/lib/systemd/system/demo.service, from: files/demo.service}\n"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import textwrap
 from pathlib import Path
@@ -57,7 +58,7 @@ def test_unknown_key_in_file_entry(tmp_path: Path) -> None:
     [
         (
             "files:\n  - path: /usr/a\n    inline: x\n    mode: rwx\n",
-            r":4: mode 'rwx' is not an octal mode",
+            r":6:11: mode: rwx is not a number; write a mode like 0644",
         ),
         (
             "files:\n  - path: /usr/a\n    inline: x\n    from: files/a\n",
@@ -105,11 +106,47 @@ def test_cli_reports_file_line_and_hint(tmp_path: Path, cache_dir: Path) -> None
     assert not (tmp_path / "out").exists()
 
 
-def test_mode_and_version_taken_as_written(tmp_path: Path) -> None:
-    b = _bundle(tmp_path, "files:\n  - path: /usr/bin/a\n    inline: x\n    mode: 755\n")
-    (b / "sysext.yaml").write_text((b / "sysext.yaml").read_text().replace("'1'", "1.10"))
+def test_modes_and_versions_by_the_one_yaml_rule(tmp_path: Path, capfd) -> None:
+    """Butane's rule, as in Ignition YAML: modes are unquoted integers as written (0755 octal,
+    755 decimal with a warning); versions and names are text (an unquoted 1.10 is refused,
+    never read as 1.1)."""
+    b = _bundle(tmp_path, "files:\n  - path: /usr/bin/a\n    inline: x\n    mode: 0755\n"
+                "  - path: /usr/bin/b\n    inline: x\n    mode: 0o750\n")  # fmt: skip
     bundle = load_bundle(b)
-    assert bundle.files[0].mode == 0o755 and bundle.version == "1.10"
+    assert [f.mode for f in bundle.files] == [0o755, 0o750] and bundle.version == "1"
+    b = _bundle(tmp_path, "files:\n  - path: /usr/bin/a\n    inline: x\n    mode: 644\n")
+    assert load_bundle(b).files[0].mode == 644  # as written: decimal
+    assert (
+        "sysext.yaml:6:11: mode 644 is decimal (octal 01204); write 0644" in capfd.readouterr().err
+    )
+    for mode, problem in [
+        ("'0644'", "'0644' is quoted: write the number without quotes, e.g. mode: 0644"),
+        ("0999", "0999 is not an octal number (digits 0-7 after the 0)"),
+        (
+            "4755",
+            "4755 is out of range (0 to 07777 octal, 4095); for octal permissions write 04755",
+        ),
+    ]:
+        b = _bundle(tmp_path, f"files:\n  - path: /usr/bin/a\n    inline: x\n    mode: {mode}\n")
+        with pytest.raises(InputError) as e:
+            load_bundle(b)
+        assert e.value.message.endswith(f"sysext.yaml:6:11: mode: {problem}"), e.value.message
+    good = (b / "sysext.yaml").read_text().replace("mode: 4755", "mode: 0644")
+    for key, value in [
+        ("version", "1.10"),
+        ("version", "2"),
+        ("name", "7"),
+        ("sysext_level", "1.0"),
+    ]:
+        text = re.sub(rf"(?m)^{key}:.*$", f"{key}: {value}", good)
+        if f"{key}: " not in text:
+            text += f"{key}: {value}\n"
+        (b / "sysext.yaml").write_text(text)
+        with pytest.raises(InputError) as e:
+            load_bundle(b)
+        assert f"{key}: {value} is a number" in e.value.message
+        assert e.value.message.endswith(f'not text: quote it, {key}: "{value}"')
+        assert re.search(r"sysext\.yaml:\d+:\d+: ", e.value.message)
 
 
 # ---------------------------------------------------------------- policy rules
@@ -171,7 +208,7 @@ def test_policy_fifo(tmp_path: Path, cache_dir: Path) -> None:
 
 
 def test_policy_setuid_mode(tmp_path: Path, cache_dir: Path) -> None:
-    b = _bundle(tmp_path, "files:\n  - path: /usr/bin/su2\n    inline: x\n    mode: 4755\n")
+    b = _bundle(tmp_path, "files:\n  - path: /usr/bin/su2\n    inline: x\n    mode: 04755\n")
     assert "/usr/bin/su2: setuid bit set (mode 4755)" in _policy_error(b, tmp_path, cache_dir)
 
 
@@ -212,7 +249,7 @@ def test_allow_package_manager_lets_it_through(tmp_path: Path, cache_dir: Path) 
     result = _build(_bundle(tmp_path, body), tmp_path, cache_dir)
     assert Path(result["path"]).is_file()
     # ... but not the other rules
-    body2 = body.replace("0755", "6755")
+    body2 = body.replace("0755", "06755")
     with pytest.raises(PolicyError, match="setuid"):
         _build(_bundle(tmp_path, body2), tmp_path, cache_dir)
 
