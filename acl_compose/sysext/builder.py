@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,32 @@ def _extent(entry: Path, meta: dict[str, Any], role: str, old_name: str) -> ddi.
     return ddi.Extent(entry / where["file"], int(where["offset"]), int(where["size"]))
 
 
+class _Background:
+    """fn(*args) in a thread; result() joins it and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - raised by result()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def _entry(final: Path | None) -> _Built | None:
     """A verified cache entry, or None (a corrupt one is removed)."""
     if final is None or not (final / "meta.json").is_file():
@@ -248,19 +275,23 @@ def _build_unsigned(
     finally:
         digest.wait()  # the hashing thread must be done before verity forks
     key = digest.value()
-    # What goes in, file by file with its origin, for the SBOM (sysext.contents); the files'
-    # hashes come from the digest's pass over the bundle where it made one.
-    contents = record_tree(tree, origin_resolver(bundle, origin), digest.file_hashes)
     if not digest.known:
         hit = _entry(cache_dir / "sysext" / key if cache_dir is not None else None)
         if hit is not None:
             shutil.rmtree(work, ignore_errors=True)
             return hit
+    # What goes in, file by file with its origin, for the SBOM (sysext.contents), listed while
+    # mkfs runs; the files' hashes come from the digest's pass over the bundle where it made one.
+    listing = _Background(record_tree, tree, origin_resolver(bundle, origin), digest.file_hashes)
     # mksquashfs can write straight into a DDI's data slot; mkfs.erofs 1.5 only at offset 0,
     # so an erofs filesystem is copied into the DDI once, in the kernel (ddi.write).
     offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
     image = work / ("image.ddi" if offset else "fs.img")
-    make_filesystem(bundle, tree, image, key, offset)
+    try:
+        make_filesystem(bundle, tree, image, key, offset)
+    finally:
+        listing.join()  # verity forks next, and forks want no other threads
+    contents = listing.result()
     # Salt and verity UUID derive from the inputs: same bundle, same hash tree, same bytes.
     salt = hashlib.sha256(f"acl-compose verity salt\0{key}".encode()).digest()
     result = verity.create(
