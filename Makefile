@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 DEB_PACKAGES := python3 python3-venv git make gnupg gpgv openssl curl ca-certificates \
 	cryptsetup-bin gdisk fdisk mtools dosfstools e2fsprogs btrfs-progs erofs-utils squashfs-tools \
 	bzip2 lbzip2 xz-utils zstd mmdebstrap grub-efi-amd64-bin grub-common \
-	qemu-system-x86 qemu-utils ovmf openssh-client systemd-container ignition procps
+	qemu-system-x86 qemu-utils ovmf openssh-client openssh-server busybox-static \
+	systemd-container ignition procps
 
 .PHONY: all deps deb venv test test-unit lint demo bench fuzz clean
 
@@ -34,7 +35,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,matrix]'
 	touch $@
 
 # The whole suite: unit tests (seconds) and integration tests (testbed build, VM boots).

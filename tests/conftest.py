@@ -34,6 +34,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # Independent reference data (never used by the shipped package); origins in its README.
 REFERENCE = REPO / "tests" / "data" / "reference"
 
+# Suites under tests/data/ run inside guests (the matrix tests ship them to workers).
+collect_ignore = ["data"]
+
 pytest_plugins = [
     "tests.fixtures_testbed",
     "tests.fixtures_compose",

@@ -19,7 +19,7 @@ PACKAGE = REPO / "acl_compose"
 FLOOR = {"__init__", "errors", "run", "ui", "util", "yamlpos", "trust"}
 # Stage -> rank; a module may import its own stage, the floor, and lower ranks only.
 STAGES = {"fetch": 1, "image": 2, "sysext": 3, "ignition": 3, "compose": 4, "boot": 5,
-          "provenance": 5}  # fmt: skip
+          "provenance": 5, "matrix": 6}  # fmt: skip
 TOP = {"__main__", "cli", "commands"}  # the click layer, above every stage
 MAX_LINES = 600
 

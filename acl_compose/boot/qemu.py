@@ -55,6 +55,10 @@ class BootError(AclComposeError):
     hint = "see the console log named in the message; rerun with -v for QEMU's command line"
 
 
+class BootTimeout(BootError):
+    """No healthy SSH in time: an infrastructure failure worth a retry (the matrix does)."""
+
+
 @dataclass
 class BootResult:
     """What `VM.wait_ssh` learned: how long it took and the system state."""
@@ -452,7 +456,7 @@ class VM:
             if fatal:
                 raise BootError(f"guest failed to boot: {fatal!r}; console: {self.console_log}")
             if time.monotonic() > deadline:
-                raise BootError(
+                raise BootTimeout(
                     f"no healthy SSH after {timeout:g}s under {self.accel} (last state "
                     f"{state or 'unreachable'}); console: {self.console_log}"
                 )

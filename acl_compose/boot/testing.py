@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,13 @@ def run_suites(
     cache_dir: Path | None = None,
     boot_timeout: float | None = None,
     pytest_args: list[str] | None = None,
+    on_booted: Callable[[list[qemu.BootResult]], None] | None = None,
 ) -> SuiteResult:
-    """Boot `parallel` VMs of `image`, run the suites against them, always tear down."""
+    """Boot `parallel` VMs of `image`, run the suites against them, always tear down.
+
+    `on_booted` is called once every VM answered, before the tests start (the matrix uses it
+    to tell a boot that hangs from tests that hang).
+    """
     start = time.monotonic()
     for module, package in (("pytest", "pytest"), ("testinfra", "pytest-testinfra")):
         if importlib.util.find_spec(module) is None:
@@ -210,6 +216,8 @@ def run_suites(
         info(f"booting {n} VM(s) of {image.name} ({firmware}, {result.accel})")
         boots = _wait_all(vms)
         result.boot_seconds = [b.seconds for b in boots]
+        if on_booted is not None:
+            on_booted(boots)
         for vm, b in zip(vms, boots, strict=True):
             info(f"{vm.name}: SSH after {b.seconds:.1f}s (system {b.state})")
             if b.failed_units:

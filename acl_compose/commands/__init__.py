@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "test": "boot",
     "sbom": "provenance",
     "diff": "provenance",
+    "matrix": "matrix",
 }
 
 
