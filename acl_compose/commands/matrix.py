@@ -12,7 +12,7 @@ from acl_compose.matrix import (
     RunOptions,
     SshOptions,
     check_spec,
-    compare,
+    compare_runs,
     load_matrix,
     report_lines,
     run_matrix,
@@ -119,7 +119,7 @@ def run_cmd(
 @pass_app
 def compare_cmd(app: App, baseline: Path, candidate: Path) -> None:
     """Tests that pass on BASELINE and fail on CANDIDATE (exit 1), fixed, new, flaky."""
-    rep = compare(baseline, candidate)
+    rep = compare_runs(baseline, candidate)
     app.emit(rep, report_lines(rep))
     if not rep["ok"]:
         raise VerificationError(

@@ -17,6 +17,6 @@ __getattr__, __dir__, __all__ = lazy_exports(
         "cluster": ["SshOptions", "check_spec"],
         "runner": ["RunOptions", "run_matrix"],
         "results": ["summary_lines"],
-        "compare": ["compare", "report_lines"],
+        "compare": ["compare_runs", "report_lines"],
     },
 )

@@ -28,7 +28,7 @@ RESOURCE = "vm"
 # their running cells die with them (PR_SET_PDEATHSIG).
 DEATH_TIMEOUT = 15
 _HOST = re.compile(
-    r"^(?:(?P<user>[^@/:,]+)@)?(?P<host>\[[0-9a-fA-F:]+\]|[^@/:,\[\]]+)(?::(?P<port>\d+))?$"
+    r"^(?:(?P<user>[^@/:,]+)@)?(?P<host>\[[0-9a-fA-F:]+\]|[^@/:,\[\]\s]+)(?::(?P<port>\d+))?$"
 )
 
 
@@ -145,11 +145,15 @@ def _ssh_cluster(spec: str, worker_opts: dict, vms: int, ssh: SshOptions) -> Any
         if ssh.known_hosts:
             opts["known_hosts"] = str(ssh.known_hosts)
         connect_options.append(opts)
+    # One host for everything (ssh://127.0.0.1): workers listen there too, not on whatever
+    # interface they would pick. Several hosts: each worker picks its own reachable address.
+    one = len({h["host"] for h in hosts}) == 1
+    bind = {"host": hosts[0]["host"]} if one else {}
     return SSHCluster(
         hosts=[hosts[0]["host"], *(h["host"] for h in hosts)],
         connect_options=connect_options,
-        worker_options={"nthreads": vms, **worker_opts},
-        scheduler_options={"port": 0, "dashboard_address": None},
+        worker_options={"nthreads": vms, **worker_opts, **bind},
+        scheduler_options={"port": 0, "dashboard_address": None, "host": hosts[0]["host"]},
         remote_python=ssh.remote_python,
     )
 

@@ -35,7 +35,7 @@ def _keyer(base: dict[str, Any], cand: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
-def compare(baseline: Path, candidate: Path) -> dict[str, Any]:
+def compare_runs(baseline: Path, candidate: Path) -> dict[str, Any]:
     base, cand = results.load_summary(baseline), results.load_summary(candidate)
     axes = _keyer(base, cand)
 

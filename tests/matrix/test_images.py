@@ -1,0 +1,81 @@
+"""Image references resolved on a worker: verified by content, cached, never trusted blindly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from acl_compose.errors import VerificationError
+from acl_compose.fetch import serve
+from acl_compose.fetch.httpserve import RangeRequestHandler
+from acl_compose.matrix import images
+
+
+class Recording(RangeRequestHandler):
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        Recording.seen.append(self.path)
+        super().do_GET()
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_path_image_checked_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"A" * 5000)
+    ref = {"kind": "path", "location": str(img), "sha256": sha(b"A" * 5000)}
+    got = images.resolve(ref, tmp_path / "cache")
+    assert got.path == img and got.verified.startswith("sha256")
+    assert len(list((tmp_path / "cache" / "matrix" / "verified").iterdir())) == 1
+    img.write_bytes(b"B" * 5000)  # same size, new content (and mtime): checked again
+    os.utime(img, ns=(1, 1))
+    with pytest.raises(VerificationError, match="does not match"):
+        images.resolve(ref, tmp_path / "cache")
+
+
+def test_url_image_downloaded_once_and_verified(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    data = os.urandom(300_000)
+    (site / "tiny.img").write_bytes(data)
+    Recording.seen = []
+    with serve(site, handler=Recording) as server:
+        ref = {"kind": "url", "location": f"{server.url}tiny.img", "sha256": sha(data)}
+        first = images.resolve(ref, tmp_path / "cache")
+        second = images.resolve(ref, tmp_path / "cache")
+        assert first.path == second.path and first.path.read_bytes() == data
+        assert Recording.seen == ["/tiny.img"]  # the second cell used the worker's cache
+        bad = {**ref, "sha256": sha(b"other")}
+        with pytest.raises(VerificationError):
+            images.resolve(bad, tmp_path / "cache2")
+    assert not list((tmp_path / "cache2").rglob("tiny.img"))  # nothing unverified kept
+
+
+def _release(d: Path, data: bytes) -> Path:
+    d.mkdir()
+    (d / "r-1.bin").write_bytes(data)
+    outputs = [{"format": "raw", "file": "r-1.bin", "sha256": sha(data), "size": len(data)}]
+    (d / "release.json").write_text(json.dumps({"outputs": outputs}))
+    return d
+
+
+def test_release_dir_and_url_use_release_json_digest(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    rel = _release(tmp_path / "rel", data)
+    got = images.resolve({"kind": "release", "location": str(rel)}, tmp_path / "cache")
+    assert got.path == rel / "r-1.bin" and got.release_json == rel / "release.json"
+    with serve(tmp_path) as server:
+        ref = {"kind": "release", "location": f"{server.url}rel/"}
+        got = images.resolve(ref, tmp_path / "cache")
+        assert got.path.read_bytes() == data and got.release_json.name == "release.json"
+        assert got.path.parent != rel  # a copy in the worker's cache, not the served tree
+    (rel / "r-1.bin").write_bytes(os.urandom(100_000))
+    with pytest.raises(VerificationError, match="does not match"):
+        images.resolve({"kind": "release", "location": str(rel)}, tmp_path / "cache")
