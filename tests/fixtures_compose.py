@@ -217,3 +217,29 @@ def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
 def _compose_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache per session: the base and sysexts are reused by every compose in the run."""
     return tmp_path_factory.getbasetemp() / "compose-cache"
+
+
+@pytest.fixture(scope="session")
+def canary_release(composed_release: ComposedRelease,
+                   tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
+    """The testbed composed with the pkgmgr-canary bundle (ships /usr/bin/dpkg on purpose):
+    the negative image for the boot tests and the matrix's planted regression."""
+    import yaml
+
+    from tests.conftest import run_cli
+
+    d = tmp_path_factory.mktemp("canary")
+    base = yaml.safe_load(composed_release.manifest.read_text())["base"]
+    manifest = write_manifest(
+        d / "manifest.yaml",
+        base=base,
+        key=composed_release.key,
+        cert=composed_release.cert,
+        name="acl-canary",
+        sysexts=[REPO / "tests" / "data" / "sysext" / "pkgmgr-canary"],
+        outputs=("raw",),
+    )
+    out = d / "out"
+    run_cli("--cache-dir", _compose_cache(tmp_path_factory), "compose", manifest, "-o", out,
+            check=True)  # fmt: skip
+    return out

@@ -133,6 +133,8 @@ def _try_of(res: dict[str, Any]) -> dict[str, Any]:
         "tests_seconds",
         "image_seconds",
         "phase",
+        "started_at",
+        "finished_at",
     )
     return {k: res[k] for k in keep if k in res}
 

@@ -113,7 +113,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     info = _worker_info()
     _event({"event": "start", **ident, **info, "time": time.time()})
     tmp = Path(tempfile.mkdtemp(prefix="acl-cell-"))
-    start = time.monotonic()
+    start, started_at = time.monotonic(), time.time()
     try:
         result = _attempt(task, tmp)
     except AclComposeError as e:
@@ -121,7 +121,7 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
         result = {"outcome": kind, "message": f"{e.message} (hint: {e.hint})"}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    result["seconds"] = time.monotonic() - start
+    result.update(seconds=time.monotonic() - start, started_at=started_at, finished_at=time.time())
     return {**ident, **info, **result}
 
 

@@ -2,7 +2,8 @@
 
 The integration tests boot the composed testbed under TCG through UEFI (about a minute or
 more per boot here), so they share the compose helper's session fixture and keep boots few:
-one `--parallel 2` run where everything must pass, one canary run that must fail, one
+one `--parallel 2` run where everything must pass, one canary run that must fail (the
+`canary_release` fixture is in tests/fixtures_compose.py), one
 interrupted boot.
 """
 
@@ -133,34 +134,6 @@ def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) 
         assert (junit.parent / f"junit.{vm}.console.log").stat().st_size > 0
         journal = (junit.parent / f"junit.{vm}.journal.txt").read_text(errors="replace")
         assert "systemd" in journal
-
-
-@pytest.fixture(scope="session")
-def canary_release(composed_release, tmp_path_factory: pytest.TempPathFactory):
-    """The testbed composed with the pkgmgr-canary bundle (ships /usr/bin/dpkg on purpose)."""
-    from tests.fixtures_compose import write_manifest
-
-    d = tmp_path_factory.mktemp("canary")
-    base = yaml_base(composed_release.manifest)
-    manifest = write_manifest(
-        d / "manifest.yaml",
-        base=base,
-        key=composed_release.key,
-        cert=composed_release.cert,
-        name="acl-canary",
-        sysexts=[REPO / "tests" / "data" / "sysext" / "pkgmgr-canary"],
-        outputs=("raw",),
-    )
-    out = d / "out"
-    cache = tmp_path_factory.getbasetemp() / "compose-cache"
-    run_cli("--cache-dir", cache, "compose", manifest, "-o", out, check=True)
-    return out
-
-
-def yaml_base(manifest: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(manifest.read_text())["base"]
 
 
 @pytest.mark.integration
