@@ -24,17 +24,18 @@ from acl_compose.errors import AclComposeError
 AGENT_SCRIPT = r"""#!/bin/sh
 # acl-compose console agent: one command per line on the serial port given as $1.
 tty="$1"
+t="${TMPDIR:-/tmp}"
 stty -F "$tty" raw -echo 2>/dev/null
 exec <"$tty" >"$tty" 2>/dev/null
 while IFS= read -r line; do
   id="${line%% *}"
-  echo "${line#* }" | base64 -d >/tmp/acl-cmd 2>/dev/null
-  sh /tmp/acl-cmd </dev/null >/tmp/acl-out 2>/tmp/acl-err
+  echo "${line#* }" | base64 -d >"$t/acl-cmd" 2>/dev/null
+  sh "$t/acl-cmd" </dev/null >"$t/acl-out" 2>"$t/acl-err"
   rc=$?
   echo "ACL-BEGIN $id"
-  base64 /tmp/acl-out
+  base64 "$t/acl-out"
   echo "ACL-ERR $id"
-  base64 /tmp/acl-err
+  base64 "$t/acl-err"
   echo "ACL-END $id $rc"
 done
 """
