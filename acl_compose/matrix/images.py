@@ -13,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from acl_compose.errors import InputError, VerificationError
+from acl_compose.errors import AclComposeError, FetchError, InputError, VerificationError
+from acl_compose.run import set_pdeathsig
 from acl_compose.util import atomic_write
 
 
@@ -184,3 +187,55 @@ def _fetch_release(url: str, want: str | None, cache: Path, signed: bool) -> Pat
         os.symlink(blob, tmp)
         os.replace(tmp, link)
     return d
+
+
+def resolve_in_child(ref: dict[str, Any], cache: Path) -> LocalImage:
+    """`resolve` in a process of its own: Dask workers are daemonic processes, which may not
+    start the multiprocessing pool that compose's verify hashes /usr with."""
+    proc = subprocess.run(
+        [sys.executable, "-m", __name__, str(cache)],
+        input=json.dumps(ref).encode(),
+        capture_output=True,
+        preexec_fn=set_pdeathsig,
+        check=False,
+    )
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise AclComposeError(
+            f"image check exited {proc.returncode}: {err[-1] if err else 'no output'}"
+        ) from None
+    if "error" in out:
+        kind = {"fetch": FetchError, "verification": VerificationError}.get(out["error"])
+        raise (kind or InputError)(out["message"], hint=out["hint"])
+    return LocalImage(
+        Path(out["path"]),
+        Path(out["release_json"]) if out["release_json"] else None,
+        out["sha256"],
+        out["verified"],
+    )
+
+
+def _main() -> int:
+    ref = json.loads(sys.stdin.read())
+    try:
+        img = resolve(ref, Path(sys.argv[1]))
+    except AclComposeError as e:
+        kind = (
+            "fetch"
+            if isinstance(e, FetchError)
+            else ("verification" if isinstance(e, VerificationError) else "input")
+        )
+        print(json.dumps({"error": kind, "message": e.message, "hint": e.hint}))
+        return 0
+    data = asdict(img)
+    data.update(
+        path=str(img.path), release_json=str(img.release_json) if img.release_json else None
+    )
+    print(json.dumps(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -24,7 +24,16 @@ from acl_compose.matrix.spec import Cell, Matrix
 from acl_compose.matrix.worker import TOPIC, run_cell
 from acl_compose.ui import info
 
-SUITE_LIMIT = 8 << 20  # suites travel through the scheduler: code, not data
+SUITE_LIMIT = 8 << 20
+# What a future raises when the cluster, not the cell, failed.
+INFRA_EXCEPTIONS = {
+    "KilledWorker",
+    "CommClosedError",
+    "CancelledError",
+    "FutureCancelledError",
+    "TimeoutError",
+    "OSError",
+}  # suites travel through the scheduler: code, not data
 
 
 @dataclass
@@ -253,9 +262,10 @@ def _drive(
         cell = by_id[cid]
         try:
             res = fut.result()
-        except Exception as e:  # KilledWorker (its workers kept dying), a lost scheduler...
+        except Exception as e:  # run_cell catches its own: this is Dask's (KilledWorker...)
             kind = type(e).__name__
-            res = _failed_result(cell, attempt, run_id, "infra", f"{kind}: {e}")
+            outcome = "infra" if kind in INFRA_EXCEPTIONS else "error"
+            res = _failed_result(cell, attempt, run_id, outcome, f"{kind}: {e}")
         events = client.get_events(TOPIC)
         finished_by = (res.get("worker"), res.get("pid")) if res.get("worker") else None
         tries[cid] += _lost_runs(events, run_id, cid, attempt, finished_by)

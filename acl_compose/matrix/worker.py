@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,12 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     except AclComposeError as e:
         kind = "infra" if isinstance(e, FetchError) else "error"
         result = {"outcome": kind, "message": f"{e.message} (hint: {e.hint})"}
+    except Exception as e:  # a bug: the cell's error, not a reason to retry it elsewhere
+        result = {
+            "outcome": "error",
+            "message": f"{type(e).__name__}: {e}",
+            "cell_log": traceback.format_exc(),
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     result.update(seconds=time.monotonic() - start, started_at=started_at, finished_at=time.time())
@@ -130,7 +137,7 @@ def _attempt(task: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
     cache = Path(task["cache_dir"]) if task.get("cache_dir") else default_cache_dir()
     t0 = time.monotonic()
-    image = images.resolve(task["image"], cache)
+    image = images.resolve_in_child(task["image"], cache)
     image_seconds = time.monotonic() - t0
     suite_root = tmp / "suite"
     for rel, text in task["suite_files"].items():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from acl_compose.errors import VerificationError
+from acl_compose.errors import InputError, VerificationError
 from acl_compose.fetch import serve
 from acl_compose.fetch.httpserve import RangeRequestHandler
 from acl_compose.matrix import images
@@ -79,3 +79,16 @@ def test_release_dir_and_url_use_release_json_digest(tmp_path: Path) -> None:
     (rel / "r-1.bin").write_bytes(os.urandom(100_000))
     with pytest.raises(VerificationError, match="does not match"):
         images.resolve({"kind": "release", "location": str(rel)}, tmp_path / "cache")
+
+
+def test_child_process_resolution_keeps_verdicts_and_error_kinds(tmp_path: Path) -> None:
+    """Workers resolve in a child (Dask workers are daemonic: no multiprocessing pools)."""
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"C" * 4096)
+    ok = {"kind": "path", "location": str(img), "sha256": sha(b"C" * 4096)}
+    got = images.resolve_in_child(ok, tmp_path / "cache")
+    assert got.path == img and got.sha256 == ok["sha256"] and got.release_json is None
+    with pytest.raises(VerificationError, match="does not match"):
+        images.resolve_in_child({**ok, "sha256": sha(b"x")}, tmp_path / "cache")
+    with pytest.raises(InputError, match="not found on this worker"):
+        images.resolve_in_child({**ok, "location": str(tmp_path / "gone")}, tmp_path / "cache")
