@@ -48,6 +48,7 @@ def test_compare_finds_the_canary_regression(composed_release, canary_release,
         (cell,) = json.loads(proc.stdout)["cells"]
         assert cell["image_check"] == "release verified with release.crt"
         assert cell["counts"]["passed"] >= 4  # the suite really ran against the release
+        assert len(cell["tries"]) == 1  # a failed test is never retried
     proc = run_cli("--json", "matrix", "compare", base, cand)
     assert proc.returncode == 1, proc.stderr
     rep = json.loads(proc.stdout)
