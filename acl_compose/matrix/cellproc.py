@@ -132,7 +132,7 @@ def _console_cell(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         env = dict(
             os.environ, **{console.ENV_SOCKET: str(sock), "ACL_COMPOSE_BOOT_SECONDS": f"{boot:.1f}"}
         )
-        code = subprocess.run(argv, env=env, cwd=out, check=False).returncode
+        code = subprocess.run(argv, env=env, check=False).returncode  # cwd: the suite's root
     if not (out / JUNIT).is_file():
         return {
             "outcome": "error",

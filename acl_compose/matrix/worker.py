@@ -173,7 +173,7 @@ def _attempt(task: dict[str, Any], tmp: Path) -> dict[str, Any]:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=tmp,
+            cwd=suite_root,  # pytest's rootdir: test ids read test_x::name on every host
             start_new_session=True,
             preexec_fn=set_pdeathsig,
         )

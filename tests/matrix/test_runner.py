@@ -103,6 +103,12 @@ def check_four_cells(out: Path, summary: dict) -> None:
     assert len(merged.findall("testsuite/testcase")) == 12
     for cid in ids:
         assert "tiny guest: init started" in (out / "cells" / cid / "console.log").read_text()
+        # Test ids do not depend on where a worker unpacked the suite.
+        assert sorted(results.cases(out, cid)) == [
+            "test_tiny::test_exit_status_and_stderr_travel",
+            "test_tiny::test_kernel_is_debian",
+            "test_tiny::test_os_release",
+        ]
 
 
 def max_overlap(cells: list[dict]) -> int:
