@@ -35,6 +35,14 @@ def test_cli_render_to_file_and_json(tmp_path):
     result = json.loads(proc.stdout)
     assert result["version"] == "3.4.0" and result["output"] == str(out)
     assert json.loads(out.read_text()) == json.loads((DATA / "expected/v1_1.ign").read_text())
+    # -o onto the input itself, or onto a folder: refused, the input kept.
+    src = tmp_path / "v1_1.yaml"
+    src.write_bytes((DATA / "v1_1.yaml").read_bytes())
+    proc = run_cli("ignition", "render", src, "-o", src)
+    assert proc.returncode == 1 and "is also an input" in proc.stderr
+    assert src.read_bytes() == (DATA / "v1_1.yaml").read_bytes()
+    proc = run_cli("ignition", "render", src, "-o", tmp_path)
+    assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr
 
 
 def test_cli_render_invalid_exits_1_and_writes_nothing(tmp_path):
