@@ -45,6 +45,7 @@ PACKAGES = {
     "ignition-validate": "ignition",
     "lbzip2": "lbzip2",
     "bzip2": "bzip2",
+    "zstd": "zstd",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "openssl": "openssl",

@@ -2,7 +2,7 @@
 
 1. build the testbed release (cached under ~/.cache/acl-compose/testbed),
 2. serve it on loopback,
-3. compose examples/manifest.yaml (both bundles, both Ignition configs) with a demo key,
+3. compose examples/manifest.yaml (the product bundles, both Ignition configs) with a demo key,
 4. boot the result under QEMU and run qemu-tests against it (`acl-compose test`),
 5. print a short report: release, sysexts, test results, timings, where everything is.
 
@@ -46,6 +46,24 @@ def demo_manifest(keys: Path) -> Path:
     out = OUT / "manifest.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
+
+
+def container_report(junit: Path) -> list[str]:
+    """What qemu-tests/test_containers.py proved in the guest, one line per check."""
+    import xml.etree.ElementTree as ET
+
+    lines = []
+    for xml in sorted(junit.parent.glob(junit.stem + "*.xml")):
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            if not case.get("classname", "").endswith("test_containers"):
+                continue
+            status = next(
+                (tag for tag in ("failure", "error", "skipped") if case.find(tag) is not None),
+                "passed",
+            )
+            name = case.get("name", "").split("[")[0].removeprefix("test_").replace("_", " ")
+            lines.append(f"container: {status:7s} {name} ({float(case.get('time', 0)):.0f}s)")
+    return lines or ["container: no container tests ran"]
 
 
 def main() -> int:
@@ -110,6 +128,8 @@ def main() -> int:
             f"({tests['accel']}, {tests['firmware']}; boot-to-SSH "
             f"{', '.join(f'{s:.0f}s' for s in tests['boot_to_ssh_seconds'])})"
         )
+        for line in container_report(junit):
+            print(line)
     else:
         print("tests:     did not run (see the errors above)")
     print("timings:   " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))

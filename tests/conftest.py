@@ -38,6 +38,7 @@ REFERENCE = REPO / "tests" / "data" / "reference"
 collect_ignore = ["data"]
 
 pytest_plugins = [
+    "tests.fixtures_sources",
     "tests.fixtures_testbed",
     "tests.fixtures_compose",
 ]

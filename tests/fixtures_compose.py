@@ -4,7 +4,7 @@
   (vfat ESP with `flatcar/vmlinuz-a` carrying the /usr root hash at byte 64, btrfs USR-A with
   a verity tree after the filesystem, btrfs OEM, ext4 ROOT), for fast tests of fs/compose.
 - `release_key`: a release signing key + certificate made by `acl-compose keys generate`.
-- `composed_release`: the testbed (served on loopback) composed once per session with both
+- `composed_release`: the testbed (served on loopback) composed once per session with the
   product bundles and both Ignition configs; reused by the boot helper's integration tests.
 """
 
@@ -29,6 +29,8 @@ OS_RELEASE = (
     "VERSION=9999.2.0\nVERSION_ID=9999.2.0\nBUILD_ID=mini\nSYSEXT_LEVEL=1.0\n"
 )
 USR_PARTUUID = "7130C94A-213A-4E5A-8E26-6CCE9662F132"
+# The node image's extensions, as examples/manifest.yaml lists them.
+PRODUCT_SYSEXTS = ("azure-base", "container-runtime", "aks-node")
 
 
 def _sh(*argv: str | os.PathLike[str], env: dict[str, str] | None = None) -> None:
@@ -185,7 +187,7 @@ def _testbed_source(request: pytest.FixtureRequest) -> BaseSource:
 @pytest.fixture(scope="session")
 def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                      release_key: tuple[Path, Path]) -> ComposedRelease:  # fmt: skip
-    """The testbed composed with both product bundles and both Ignition configs (once)."""
+    """The testbed composed with the product bundles and both Ignition configs (once)."""
     import json
 
     from tests.conftest import run_cli
@@ -203,7 +205,7 @@ def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         },  # fmt: skip
         key=key,
         cert=cert,
-        sysexts=[REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"],
+        sysexts=[REPO / "sysext" / name for name in PRODUCT_SYSEXTS],
         ignition=[REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"],
     )
     out = d / "out"

@@ -36,7 +36,15 @@ from acl_compose.ui import App, pass_app
 @click.option(
     "--keyring", type=click.Path(dir_okay=False, path_type=Path), help="Override base.keyring."
 )
-@click.option("--offline", is_flag=True, help="Use only cached base artifacts.")
+@click.option(
+    "--offline", is_flag=True, help="Use only cached base artifacts and sysext downloads."
+)
+@click.option(
+    "--debian-mirror",
+    metavar="URL",
+    help="Debian mirror for the sysexts' deb sources (default: $ACL_COMPOSE_DEBIAN_MIRROR or "
+    "https://deb.debian.org/debian).",
+)
 @click.option(
     "--check-reproducible", is_flag=True,
     help="Compose twice with separate caches; write OUT_DIR only if every byte matches.",
@@ -53,6 +61,7 @@ def compose_cmd(
     trusted_key: str | None,
     keyring: Path | None,
     offline: bool,
+    debian_mirror: str | None,
     check_reproducible: bool,
     passphrase_file: Path | None,
     passphrase_env: str | None,
@@ -72,6 +81,7 @@ def compose_cmd(
     }
     passphrase = options.read_passphrase(passphrase_file, passphrase_env)
     m = load_manifest(manifest_path, overrides)
+    m.debian_mirror = debian_mirror
     if check_reproducible:
         from acl_compose.provenance import check_reproducible as twice
 

@@ -38,6 +38,13 @@ def sysext_group() -> None:
     show_default=True,
     help="ddi: a GPT disk image; raw: a bare filesystem with systemd's side files.",
 )
+@click.option("--offline", is_flag=True, help="Take url/deb sources only from the download cache.")
+@click.option(
+    "--debian-mirror",
+    metavar="URL",
+    help="Debian mirror for deb sources (default: $ACL_COMPOSE_DEBIAN_MIRROR or "
+    "https://deb.debian.org/debian).",
+)
 @pass_app
 def build_cmd(
     app: App,
@@ -49,6 +56,8 @@ def build_cmd(
     passphrase_file: Path | None,
     passphrase_env: str | None,
     fmt: str,
+    offline: bool,
+    debian_mirror: str | None,
 ) -> None:
     """Build OUT_DIR/<name>.raw from BUNDLE_DIR (sysext.yaml + files/)."""
     if (key is None) != (cert is None):
@@ -64,6 +73,9 @@ def build_cmd(
             fmt=fmt,
             cache_dir=app.cache_dir,
             force=force,
+            offline=offline,
+            debian_mirror=debian_mirror,
+            progress=app.interactive,
         )
     if not result["signed"]:
         warn(f"{result['path']} is unsigned: pass --key and --cert to sign its dm-verity root hash")
@@ -73,6 +85,11 @@ def build_cmd(
         f"  root hash: {result['root_hash']}",
         f"  sha256:    {result['sha256']}",
     ]
+    from acl_compose.sysext.sources import downloads
+
+    for d in downloads(result["contents"]):
+        what = f"{d['package']} {d['version']}" if d["kind"] == "deb" else d["url"]
+        lines.append(f"  {d['kind']}: {what} (sha256 {d['sha256'][:16]}…)")
     for kind, path in result.get("side_files", {}).items():
         lines.append(f"  {kind}: {path}")
     app.emit(result, lines)

@@ -57,6 +57,7 @@ class Manifest:
     ignition: list[Path] = field(default_factory=list)
     outputs: list[str] = field(default_factory=lambda: ["raw"])
     source_date_epoch: int | None = None
+    debian_mirror: str | None = None  # for the sysexts' deb sources (--debian-mirror)
 
     @property
     def stem(self) -> str:

@@ -429,7 +429,8 @@ def _build_cached(st: State, src: Path, out: Path, passphrase: bytes | None) -> 
             return info
     info = dict(
         sysext.build(src, out, key=sg.key, cert=sg.cert, passphrase=passphrase, fmt="ddi",
-                     cache_dir=st.cache_dir)
+                     cache_dir=st.cache_dir, offline=st.manifest.base.offline,
+                     debian_mirror=st.manifest.debian_mirror)
     )  # fmt: skip
     cdir.mkdir(parents=True, exist_ok=True)
     built = Path(info["path"])

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
+from acl_compose import ui
 from acl_compose.errors import FetchError, InputError, VerificationError
 from acl_compose.fetch.cache import Cache
 from acl_compose.fetch.release import (
@@ -549,7 +550,15 @@ def download(
         if dest.is_file():
             if cache.blob_ok(dest, dest.stat().st_size, digest, "sha256"):
                 return dest
+            # Never used: a changed cache file is removed, and fetched again only if allowed.
             os.unlink(dest)
+            if offline:
+                raise VerificationError(
+                    f"{url}: the cached copy {dest} does not match its pinned sha256 {digest} "
+                    "(corrupt or tampered with); it was removed",
+                    hint="run again without --offline to download it anew",
+                )
+            ui.warn(f"{dest}: cached copy does not match sha256 {digest}; removed, downloading")
         if offline:
             raise FetchError(
                 f"{url}: not in the cache ({opt('--offline', 'offline')})",

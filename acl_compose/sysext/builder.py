@@ -27,7 +27,7 @@ from typing import Any
 from acl_compose import ui
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.run import run
-from acl_compose.sysext import ddi
+from acl_compose.sysext import ddi, sources
 from acl_compose.sysext.bundle import (
     Bundle,
     FileHashes,
@@ -41,7 +41,7 @@ from acl_compose.sysext.policy import enforce
 from acl_compose.trust import verity
 from acl_compose.util import OutputDir, atomic_file, default_cache_dir, sha256_file
 
-CACHE_FORMAT = 3  # bump when the image layout changes, to invalidate cached builds
+CACHE_FORMAT = 4  # bump when the image layout changes, to invalidate cached builds
 
 
 # ---------------------------------------------------------------- filesystem makers
@@ -120,15 +120,6 @@ class _Built:
     fresh: bool
     contents: list[dict[str, Any]]
     cleanup: threading.Thread | None = None  # removing the assembled tree, in the background
-
-
-def _download(cache_dir: Path | None):  # noqa: ANN202 - a Downloader
-    def download(url: str, sha256: str) -> Path:
-        from acl_compose import fetch  # the fetch helper's module; imported lazily
-
-        return Path(fetch.download(url, sha256=sha256, cache_dir=cache_dir or default_cache_dir()))
-
-    return download
 
 
 class _Digest:
@@ -254,7 +245,12 @@ def _entry(final: Path | None) -> _Built | None:
 
 
 def _build_unsigned(
-    bundle: Bundle, cache_dir: Path | None, scratch: Path, digest: _Digest, fmt: str
+    bundle: Bundle,
+    cache_dir: Path | None,
+    scratch: Path,
+    digest: _Digest,
+    fmt: str,
+    downloads: sources.SourceOptions,
 ) -> _Built:
     if digest.known:
         hit = _entry(cache_dir / "sysext" / digest.value() if cache_dir is not None else None)
@@ -265,7 +261,8 @@ def _build_unsigned(
         tree = work / "tree"
         tree.mkdir()
         os.chmod(tree, 0o755)
-        origin = assemble(bundle, tree, _download(cache_dir))
+        records: dict[str, dict[str, Any]] = {}
+        origin = assemble(bundle, tree, downloads, records)
         enforce(
             tree,
             allow_package_manager=bundle.allow_package_manager,
@@ -282,7 +279,8 @@ def _build_unsigned(
             return hit
     # What goes in, file by file with its origin, for the SBOM (sysext.contents), listed while
     # mkfs runs; the files' hashes come from the digest's pass over the bundle where it made one.
-    listing = _Background(record_tree, tree, origin_resolver(bundle, origin), digest.file_hashes)
+    resolve = sources.resolver(records, origin_resolver(bundle, origin))
+    listing = _Background(record_tree, tree, resolve, digest.file_hashes)
     # mksquashfs can write straight into a DDI's data slot; mkfs.erofs 1.5 only at offset 0,
     # so an erofs filesystem is copied into the DDI once, in the kernel (ddi.write).
     offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
@@ -292,6 +290,7 @@ def _build_unsigned(
     finally:
         listing.join()  # verity forks next, and forks want no other threads
     contents = listing.result()
+    sources.add_members(contents, records)
     # Salt and verity UUID derive from the inputs: same bundle, same hash tree, same bytes.
     salt = hashlib.sha256(f"acl-compose verity salt\0{key}".encode()).digest()
     result = verity.create(
@@ -389,13 +388,18 @@ def build(
     fmt: str = "ddi",
     cache_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
+    offline: bool = False,
+    debian_mirror: str | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Build `<out_dir>/<name>.raw` from a bundle; returns name, version, path, sha256,
     root_hash, signed, certificate_fingerprint, contents (every file with its origin, see
-    sysext.contents) and format (side files for raw).
+    sysext.contents and sysext/README.md) and format (side files for raw).
 
     `out_dir` follows the output-folder rule (util.OutputDir): builds accumulate there, and a
-    file this command did not write is never replaced."""
+    file this command did not write is never replaced. url/deb sources come from the download
+    cache in `cache_dir` (`offline`: only from there); `debian_mirror` overrides
+    ACL_COMPOSE_DEBIAN_MIRROR / deb.debian.org."""
     if fmt not in ("ddi", "raw"):
         raise InputError(f"unknown format {fmt!r}", hint="use ddi or raw")
     bundle = load_bundle(bundle_dir)
@@ -415,7 +419,10 @@ def build(
     digest = _Digest(bundle, extra, cache)
     built: _Built | None = None
     try:
-        built = _build_unsigned(bundle, cache, scratch, digest, fmt)
+        downloads = sources.SourceOptions(
+            cache or default_cache_dir(), offline, debian_mirror, progress
+        )
+        built = _build_unsigned(bundle, cache, scratch, digest, fmt, downloads)
         root_hash = built.root_hash
         signature = fingerprint = None
         if key is not None:

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +24,7 @@ import yaml
 from acl_compose import ui, yamlpos
 from acl_compose.errors import InputError, PolicyError
 from acl_compose.image.osrelease import format_os_release
+from acl_compose.sysext import oci, sources
 from acl_compose.sysext.policy import walk_sorted
 
 TOP_KEYS = {
@@ -40,9 +41,10 @@ TOP_KEYS = {
     "units",
     "reload_manager",
     "allow_package_manager",
+    "images",
 }
-FILE_KEYS = {"path", "from", "inline", "url", "sha256", "symlink", "mode"}
-SOURCES = ("from", "inline", "url", "symlink")
+FILE_KEYS = {"path", "from", "inline", "url", "deb", "symlink", "mode", *sources.ALL_OPTION_KEYS}
+SOURCES = ("from", "inline", "url", "symlink", "deb")
 ARCHITECTURES = ("x86-64", "arm64")
 COMPRESSIONS = {
     "erofs": ("none", "lz4", "lz4hc"),
@@ -59,10 +61,11 @@ EXTENSION_RELEASE_DIR = "usr/lib/extension-release.d"
 class FileEntry:
     path: str  # absolute target path in the image, e.g. /usr/bin/foo
     line: int  # line in sysext.yaml, for error messages
-    source: str  # "from" | "inline" | "url" | "symlink"
+    source: str  # "from" | "inline" | "url" | "symlink" | "deb"
     value: str
     sha256: str | None = None
     mode: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # url/deb: see sources.py
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Bundle:
     units: list[str] = field(default_factory=list)
     reload_manager: bool = False
     allow_package_manager: str | None = None
+    images: list[oci.ImageEntry] = field(default_factory=list)
 
     def where(self, line: int) -> str:
         return f"{self.manifest}:{line}"
@@ -234,10 +238,19 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             raise _err(at("files"), "files must be a list of entries")
         for i, entry in enumerate(files):
             b.files.append(_file_entry(entry, loc, ("files", i), manifest))
+    if "images" in data:
+        b.images = oci.parse_images(
+            data["images"],
+            manifest,
+            lambda yp: loc.line(yp),
+            lambda entry, yp: _file_entry(entry, loc, yp, manifest, image=True),
+        )
     return b
 
 
-def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest: Path) -> FileEntry:
+def _file_entry(
+    entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest: Path, image: bool = False
+) -> FileEntry:
     line = loc.line(ypath)
     where = f"{manifest}:{line}"
     if not isinstance(entry, dict):
@@ -249,18 +262,19 @@ def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest:
                 f"unknown key {key!r} in files entry",
                 hint=f"known keys: {', '.join(sorted(FILE_KEYS))}",
             )
-    if "path" not in entry:
+    if "path" not in entry and "deb" not in entry:
         raise _err(where, "files entry without path")
-    path = _scalar_str(entry["path"], loc.raw(ypath + ("path",)), "path", where)
+    # A whole Debian package lands at its own paths: path defaults to /.
+    path = _scalar_str(entry.get("path", "/"), loc.raw(ypath + ("path",)), "path", where)
     if not path.startswith("/"):
         raise _err(where, f"path {path!r} must be absolute (e.g. /usr/lib/...)")
     norm = os.path.normpath(path)
-    if norm != path.rstrip("/") or ".." in path.split("/"):
+    if path != "/" and (norm != path.rstrip("/") or ".." in path.split("/")):
         raise _err(where, f"path {path!r} is not normalized (no '..', '//' or '.')")
-    sources = [s for s in SOURCES if s in entry]
-    if len(sources) != 1:
+    kinds = [s for s in SOURCES if s in entry]
+    if len(kinds) != 1:
         raise _err(where, f"files entry {path} needs exactly one of {', '.join(SOURCES)}")
-    src = sources[0]
+    src = kinds[0]
     value = entry[src]
     if not isinstance(value, str):
         if src == "inline" and value is not None and not isinstance(value, (dict, list, bool)):
@@ -268,13 +282,15 @@ def _file_entry(entry: Any, loc: yamlpos.Located, ypath: yamlpos.Path, manifest:
         else:
             raise _err(where, f"{src} of {path} must be a string")
     fe = FileEntry(path=norm, line=line, source=src, value=value)
-    if src == "url":
-        sha = entry.get("sha256")
-        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise _err(where, f"url entry {path} needs sha256: <64 lowercase hex>")
-        fe.sha256 = sha
-    elif "sha256" in entry:
-        raise _err(where, f"sha256 only applies to url entries ({path})")
+    if norm == "/" and (src != "deb" or "extract" in entry):
+        raise _err(where, "path / is only for a whole Debian package (deb without extract)")
+    if src in ("url", "deb"):
+        fe.sha256, fe.options = sources.parse_options(
+            src, entry, where, lambda key: loc.raw(ypath + (key,))
+        )
+    elif "sha256" in entry or sources.ALL_OPTION_KEYS & entry.keys():
+        key = sorted(({"sha256"} | sources.ALL_OPTION_KEYS) & entry.keys())[0]
+        raise _err(where, f"{key} only applies to url and deb entries ({path})")
     if "mode" in entry:
         if src == "symlink":
             raise _err(where, f"symlink {path} cannot have a mode")
@@ -304,7 +320,7 @@ def input_digest(
     """
     h = hashlib.sha256()
     h.update(_fields_json(bundle, extra))
-    for f in bundle.files:
+    for f in all_entries(bundle):
         if f.source != "from":
             continue
         src = os.fspath(_source_path(bundle, f))
@@ -327,19 +343,35 @@ def input_digest(
     return h.hexdigest()
 
 
+def all_entries(bundle: Bundle) -> list[FileEntry]:
+    """The bundle's files entries and those of its images."""
+    return [*bundle.files, *(f for i in bundle.images for f in i.files)]
+
+
+def _entry_fields(f: FileEntry) -> tuple[Any, ...]:
+    return (f.path, f.source, f.value, f.sha256, f.mode, f.options)
+
+
 def _fields_json(bundle: Bundle, extra: dict[str, Any]) -> bytes:
     fields = {
         k: v
         for k, v in vars(bundle).items()
-        if k not in ("directory", "manifest", "files", "description")
+        if k not in ("directory", "manifest", "files", "description", "images")
     }
-    fields["files"] = [(f.path, f.source, f.value, f.sha256, f.mode) for f in bundle.files]
+    fields["files"] = [_entry_fields(f) for f in bundle.files]
+    if bundle.images:  # (only then: bundles without images keep their cache keys)
+        fields["images"] = [
+            {**{k: v for k, v in vars(i).items() if k not in ("line", "files")},
+             "files": [_entry_fields(f) for f in i.files]}
+            for i in bundle.images
+        ]  # fmt: skip
     fields.update(extra)
     return json.dumps(fields, sort_keys=True, default=str).encode()
 
 
-# Sources whose content the fingerprint below covers: by stat (from), or by value in sysext.yaml.
-_FINGERPRINTED = {"from", "inline", "symlink", "url"}
+# Sources whose content the fingerprint below covers: by stat (from), or by value in sysext.yaml
+# (url and deb are pinned by their sha256).
+_FINGERPRINTED = {"from", "inline", "symlink", "url", "deb"}
 
 
 class Fingerprint(NamedTuple):
@@ -354,11 +386,11 @@ def stat_fingerprint(bundle: Bundle, extra: dict[str, Any]) -> Fingerprint | Non
     Equal `full` fingerprints mean unchanged inputs (ctime cannot be set back by `touch`, so
     any rewrite shows). None when the bundle has a kind of source it does not cover.
     """
-    if any(f.source not in _FINGERPRINTED for f in bundle.files):
+    if any(f.source not in _FINGERPRINTED for f in all_entries(bundle)):
         return None
     full = hashlib.sha256(_fields_json(bundle, extra))
     loose = full.copy()
-    for f in bundle.files:
+    for f in all_entries(bundle):
         if f.source != "from":
             continue
         src = os.fspath(_source_path(bundle, f))
@@ -410,40 +442,28 @@ def _source_path(bundle: Bundle, f: FileEntry) -> Path:
 
 
 # ---------------------------------------------------------------- assembling the tree
-Downloader = Callable[[str, str], Path]
-
-
-def assemble(bundle: Bundle, root: Path, download: Downloader | None = None) -> dict[str, str]:
+def assemble(
+    bundle: Bundle,
+    root: Path,
+    download: sources.SourceOptions | None = None,
+    records: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, str]:
     """Build the image tree under `root` (empty dir). Returns image path -> where it came from.
 
     Regular files get mode 0644 (0755 if any execute bit is set) unless `mode` is given,
     directories 0755: the builder's umask and the source's ownership never reach the image.
     Special files and setuid bits in sources are copied as found so the policy can name them.
+    `records` (image path -> origin record, as in sysext.contents) is filled for the SBOM.
     """
     origin: dict[str, str] = {}
-    linked: set[tuple[int, int]] = set()
-    for f in bundle.files:
-        where = bundle.where(f.line)
-        rel = f.path.lstrip("/")
-        if not rel:
-            raise _err(where, "path / cannot be a file")
-        target = root / rel
-        _make_parents(root, target.parent, where)
-        if os.path.lexists(target) and f.source != "from":
-            raise _err(where, f"{f.path} is listed twice")
-        if f.source == "inline":
-            _write_file(target, f.value.encode(), f.mode if f.mode is not None else 0o644)
-        elif f.source == "symlink":
-            os.symlink(f.value, target)
-        elif f.source == "url":
-            if download is None:
-                raise _err(where, f"{f.path} needs a download but none is available")
-            cached = download(f.value, f.sha256 or "")
-            _place_file(cached, os.stat(cached), target, f.mode, linked)
-        else:
-            _copy_tree(_source_path(bundle, f), target, f.mode, where, origin, f.path, linked)
-        origin.setdefault(f.path, where)
+    records = {} if records is None else records
+    _place_entries(bundle, bundle.files, root, download, origin, records)
+    for image in bundle.images:
+        _build_image(bundle, image, root, download, origin, records)
     _enable_units(bundle, root, origin)
+    for path, where in origin.items():
+        if where.startswith("units: "):
+            records[path] = {"kind": "generated", "bundle": bundle.name, "by": where}
     er = Path(EXTENSION_RELEASE_DIR) / f"extension-release.{bundle.name}"
     _make_parents(root, root / er.parent, bundle.where(1))
     if os.path.lexists(root / er):
@@ -453,9 +473,79 @@ def assemble(bundle: Bundle, root: Path, download: Downloader | None = None) -> 
         )
     _write_file(root / er, format_os_release(bundle.extension_release()).encode(), 0o644)
     origin["/" + str(er)] = "extension-release (generated)"
+    records["/" + str(er)] = {"kind": "generated", "bundle": bundle.name, "by": "sysext.yaml"}
     # Timestamps are not normalized here: mkfs pins them all (-T0 / -all-time 0), which
     # the reproducibility tests prove, and hard-linked bundle files must stay untouched.
     return origin
+
+
+def _place_entries(
+    bundle: Bundle,
+    entries: list[FileEntry],
+    root: Path,
+    download: sources.SourceOptions | None,
+    origin: dict[str, str],
+    records: dict[str, dict[str, Any]],
+    sysext_tree: bool = True,
+) -> None:
+    linked: set[tuple[int, int]] = set()
+    for f in entries:
+        where = bundle.where(f.line)
+        if f.source in ("url", "deb"):
+            sources.place(f, bundle, root, download, origin, records, sysext_tree=sysext_tree)
+            continue
+        rel = f.path.lstrip("/")
+        if not rel:
+            raise _err(where, "path / cannot be a file")
+        target = root / rel
+        _make_parents(root, target.parent, where)
+        if os.path.lexists(target) and f.source != "from":
+            raise _err(where, f"{f.path} is listed twice")
+        if f.source == "inline":
+            _write_file(target, f.value.encode(), f.mode if f.mode is not None else 0o644)
+            records[f.path] = {"kind": "inline", "bundle": bundle.name, "inline": True}
+        elif f.source == "symlink":
+            os.symlink(f.value, target)
+            records[f.path] = {"kind": "symlink", "bundle": bundle.name, "symlink": f.value}
+        else:
+            _copy_tree(_source_path(bundle, f), target, f.mode, where, origin, f.path, linked)
+            records[f.path] = {"kind": "from", "bundle": bundle.name, "from": f.value}
+        origin.setdefault(f.path, where)
+
+
+def _build_image(
+    bundle: Bundle,
+    image: oci.ImageEntry,
+    root: Path,
+    download: sources.SourceOptions | None,
+    origin: dict[str, str],
+    records: dict[str, dict[str, Any]],
+) -> None:
+    """An `images:` entry: its files assembled apart, packed as an OCI archive into the tree."""
+    where = bundle.where(image.line)
+    scratch = Path(tempfile.mkdtemp(prefix=".image-", dir=root.parent))
+    try:
+        tree = scratch / "rootfs"
+        tree.mkdir()
+        os.chmod(tree, 0o755)
+        img_origin: dict[str, str] = {}
+        img_records: dict[str, dict[str, Any]] = {}
+        _place_entries(bundle, image.files, tree, download, img_origin, img_records, False)
+        target = root / image.path.lstrip("/")
+        _make_parents(root, target.parent, where)
+        if os.path.lexists(target):
+            raise _err(where, f"{image.path} is provided twice")
+        info = oci.write_archive(tree, target, image, bundle.architecture, scratch)
+        records[image.path] = {
+            "kind": "oci-image",
+            "bundle": bundle.name,
+            "name": image.name,
+            **info,
+            "files": sources.image_contents(tree, img_records),
+        }
+        origin[image.path] = where
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _make_parents(root: Path, directory: Path, where: str) -> None:

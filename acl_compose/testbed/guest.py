@@ -45,6 +45,8 @@ ENABLE = (
     "ssh.service",
     # Flatcar merges /etc/extensions at boot; Debian leaves the unit disabled.
     "systemd-sysext.service",
+    # ... and then starts the units the extensions enable (Flatcar's ensure-sysext).
+    "ensure-sysext.service",
 )
 PACKAGE_MANAGER = ("apt", "dpkg")
 

@@ -152,7 +152,7 @@ def test_example_manifest_parses(tmp_path, monkeypatch):
     monkeypatch.setenv("ACL_TRUSTED_KEY", "ab cd")
     monkeypatch.delenv("ACL_BASE_URL", raising=False)
     m = manifest.load_manifest(tmp_path / "examples" / "manifest.yaml")
-    assert [p.name for p in m.sysexts] == ["azure-base", "aks-node"]
+    assert [p.name for p in m.sysexts] == ["azure-base", "container-runtime", "aks-node"]
     assert [p.name for p in m.ignition] == ["base.yaml", "aks-node.yaml"]
     assert m.base.base_url == "http://127.0.0.1:8000/" and m.base.trusted_key == "ABCD"
     assert m.outputs == ["raw", "qcow2", "vhd"]

@@ -128,11 +128,12 @@ def test_merged_product_configs_are_valid(tmp_path, reference):
     paths = {f["path"] for f in merged["storage"]["files"]}
     assert {
         "/etc/flatcar/update.conf",
-        "/etc/containerd/config.toml",
         "/etc/modules-load.d/aks.conf",
     } <= paths
+    # containerd's AKS configuration lives in the aks-node sysext, not in /etc.
+    assert "/etc/containerd/config.toml" not in paths
     dropins = {d["name"] for u in merged["systemd"]["units"] for d in u.get("dropins", [])}
-    assert dropins == {"10-acl-restart.conf", "10-aks-config.conf"}
+    assert dropins == {"10-acl-restart.conf"}
 
 
 # --- the product's configs ------------------------------------------------------------------

@@ -77,6 +77,26 @@ def test_ext4_edit_in_place_only_touches_root(disk: Path, tmp_path: Path):
     assert {p.name: _part_sha(disk, p) for p in d.partitions if p.name != "ROOT"} == others
 
 
+def test_ext4_readlink_long_targets(disk: Path):
+    """Targets of 60+ bytes live in a data block, not the inode ("slow" symlinks)."""
+    spec = fs.ext4_spec(disk, gpt.read(disk).by_label("ROOT").offset)
+    targets = {
+        "/etc/extensions/c.raw": "/opt/extensions/container-runtime/container-runtime-1.0.0.raw",
+        "/etc/extensions/d.raw": "/opt/" + "d" * 200,
+        "/etc/extensions/e.raw": "/opt/e",
+    }
+    edit = fs.Ext4Edit(spec)
+    for link, target in targets.items():
+        edit.symlink(link, target)
+    edit.apply()
+    for link, target in targets.items():
+        assert fs.ext4_readlink(spec, link) == target
+        # debugfs's own view: a fast link shows its target, a slow one has a data block.
+        stat = _debugfs(spec, f"stat {link}")
+        assert ("Fast link dest" in stat) == (len(target) < 60), stat
+    assert fs.ext4_readlink(spec, "/etc") is None
+
+
 def test_ext4_edit_failure_is_reported(disk: Path, tmp_path: Path):
     root = gpt.read(disk).by_label("ROOT")
     spec = fs.ext4_spec(disk, root.offset)

@@ -18,7 +18,7 @@ from acl_compose.sysext import ddi
 from acl_compose.trust import signing
 from tests.conftest import REPO, run_cli
 
-BUNDLES = ["azure-base", "aks-node"]
+BUNDLES = ["azure-base", "container-runtime", "aks-node"]
 BASE = "ID=flatcar\nSYSEXT_LEVEL=1.0\nVERSION_ID=3510.2.8\nFLATCAR_BOARD=amd64-usr\n"
 
 
@@ -167,7 +167,7 @@ def test_check_accepts_bundles(built: dict, keys: dict, base: Path) -> None:
     images = [built[n]["runs"][0]["path"] for n in BUNDLES] + [built["aks-node"]["raw"]["path"]]
     proc = run_cli("sysext", "check", *images, "--base", base, "--cert", keys["cert"], check=True)
     lines = proc.stdout.splitlines()
-    assert len(lines) == 3 and all(line.endswith(": ok") for line in lines), proc.stdout
+    assert len(lines) == len(images) and all(line.endswith(": ok") for line in lines), proc.stdout
     proc = run_cli("--json", "sysext", "check", images[0], "--base", base, check=True)
     (res,) = json.loads(proc.stdout)
     assert res["ok"] and res["signed"] and res["kind"] == "ddi"
