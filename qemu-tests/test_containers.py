@@ -13,7 +13,7 @@ import re
 import secrets
 import shlex
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,19 +49,20 @@ def _wait_active(host: Any, unit: str, seconds: int = 120) -> str:
     return host.run(script).stdout.strip()
 
 
+Require = Callable[[], Any]
+
+
 @pytest.fixture(scope="module")
-def containerd_state(host: Any) -> str:
-    return _wait_active(host, "containerd.service")
+def containerd(host: Any, root_run: Any) -> Require:
+    """Call it first in a test: the test fails (not errors, not skips) without containerd."""
+    state = _wait_active(host, "containerd.service")
 
-
-@pytest.fixture
-def containerd(containerd_state: str, root_run: Any) -> None:
-    """Fails (not errors) the test when containerd is not running."""
-    if containerd_state != "active":
-        pytest.fail(
-            f"containerd.service is {containerd_state!r}:\n"
-            f"{_journal(root_run, 'containerd.service')}"
+    def require() -> None:
+        assert state == "active", (
+            f"containerd.service is {state!r}:\n{_journal(root_run, 'containerd.service')}"
         )
+
+    return require
 
 
 def test_runtime_binaries_shipped(host: Any) -> None:
@@ -70,7 +71,8 @@ def test_runtime_binaries_shipped(host: Any) -> None:
     assert "1." in host.check_output("runc --version")
 
 
-def test_containerd_active(host: Any, root_run: Any, containerd: None) -> None:
+def test_containerd_active(host: Any, root_run: Any, containerd: Require) -> None:
+    containerd()
     version = host.check_output("containerd --version")
     assert version.startswith("containerd "), version
     # Started at boot because the extension enables it (a multi-user.target.wants link in /usr).
@@ -82,7 +84,10 @@ def test_containerd_active(host: Any, root_run: Any, containerd: None) -> None:
     assert cri and cri[0][-1] == "ok", plugins
 
 
-def test_containerd_configured_for_kubernetes(host: Any, root_run: Any, containerd: None) -> None:
+def test_containerd_configured_for_kubernetes(
+    host: Any, root_run: Any, containerd: Require
+) -> None:
+    containerd()
     pid = host.check_output("systemctl show -p MainPID --value containerd").strip()
     argv = root_run(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").stdout.split("\n")
     assert "--config" in argv, argv
@@ -101,7 +106,8 @@ def test_containerd_configured_for_kubernetes(host: Any, root_run: Any, containe
     )
 
 
-def test_container_storage_on_root_not_usr(host: Any, root_run: Any, containerd: None) -> None:
+def test_container_storage_on_root_not_usr(host: Any, root_run: Any, containerd: Require) -> None:
+    containerd()
     found = host.check_output(
         "findmnt -n -o SOURCE,TARGET,FSTYPE,OPTIONS --target /var/lib/containerd"
     )
@@ -130,7 +136,8 @@ def _index_refs(root_run: Any, archive: str) -> list[str]:
     ]
 
 
-def test_preloaded_images_imported_and_run(host: Any, root_run: Any, containerd: None) -> None:
+def test_preloaded_images_imported_and_run(host: Any, root_run: Any, containerd: Require) -> None:
+    containerd()
     archives = host.run(f"ls {PRELOAD_DIR}/*/*.tar").stdout.split()
     assert archives, f"no extension preloads an image into {PRELOAD_DIR} (aks-node's pause)"
     state = _wait_active(host, "containerd-preload-images.service")
@@ -167,14 +174,26 @@ def _upload(host: Any, local: Path, remote: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def test_image(host: Any, root_run: Any, containerd_state: str) -> str:
-    """busybox-static as an OCI archive, imported into the acl-test namespace."""
+def test_image(host: Any, root_run: Any, containerd: Require) -> Require:
+    """busybox-static as an OCI archive, imported into the acl-test namespace on first call
+    (in the test, so a node without containerd fails the test instead of erroring it)."""
+    imported: list[str] = []
+
+    def image() -> str:
+        if not imported:
+            containerd()
+            imported.append(_import_test_image(host, root_run))
+        return imported[0]
+
+    return image
+
+
+def _import_test_image(host: Any, root_run: Any) -> str:
     from acl_compose.sysext import oci
 
-    if containerd_state != "active":
-        pytest.fail(f"containerd.service is {containerd_state!r}: no image to import")
-    if not BUSYBOX.is_file() or b"/lib64/ld-linux" in BUSYBOX.read_bytes()[:4096]:
-        pytest.fail(f"{BUSYBOX} is not a static busybox: apt-get install busybox-static")
+    assert BUSYBOX.is_file() and b"/lib64/ld-linux" not in BUSYBOX.read_bytes()[:4096], (
+        f"{BUSYBOX} is not a static busybox: apt-get install busybox-static (make deps)"
+    )
     with tempfile.TemporaryDirectory() as d:
         tree = Path(d) / "rootfs"
         (tree / "bin").mkdir(parents=True)
@@ -213,26 +232,28 @@ def _run_container(root_run: Any, image: str, host_dir: str, script: str, *flags
     )
 
 
-def test_container_writes_to_bind_mount(host: Any, root_run: Any, test_image: str,
+def test_container_writes_to_bind_mount(host: Any, root_run: Any, test_image: Require,
                                         host_dir: str) -> None:  # fmt: skip
     marker = secrets.token_hex(16)
-    result = _run_container(root_run, test_image, host_dir, f"echo {marker} > /out/marker; echo $$")
+    result = _run_container(
+        root_run, test_image(), host_dir, f"echo {marker} > /out/marker; echo $$"
+    )
     assert result.rc == 0, result.stdout + result.stderr
     assert root_run(f"cat {host_dir}/marker").stdout.strip() == marker
     # The shell was PID 1: it ran in its own PID namespace, i.e. in a container.
     assert result.stdout.strip() == "1", result.stdout
 
 
-def test_container_with_read_only_root(host: Any, root_run: Any, test_image: str,
+def test_container_with_read_only_root(host: Any, root_run: Any, test_image: Require,
                                        host_dir: str) -> None:  # fmt: skip
     script = (
         "if busybox touch /probe 2>/dev/null; then echo root-writable; "
         "else echo root-read-only; fi; echo done > /out/ro-marker"
     )
-    result = _run_container(root_run, test_image, host_dir, script, "--read-only")
+    result = _run_container(root_run, test_image(), host_dir, script, "--read-only")
     assert result.rc == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "root-read-only", result.stdout
     assert root_run(f"cat {host_dir}/ro-marker").stdout.strip() == "done"
     # Without --read-only the same probe writes: the check above can tell the difference.
-    writable = _run_container(root_run, test_image, host_dir, script)
+    writable = _run_container(root_run, test_image(), host_dir, script)
     assert writable.stdout.strip() == "root-writable", writable.stdout

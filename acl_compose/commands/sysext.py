@@ -85,9 +85,7 @@ def build_cmd(
         f"  root hash: {result['root_hash']}",
         f"  sha256:    {result['sha256']}",
     ]
-    from acl_compose.sysext.sources import downloads
-
-    for d in downloads(result["contents"]):
+    for d in sysext.downloads(result["contents"]):
         what = f"{d['package']} {d['version']}" if d["kind"] == "deb" else d["url"]
         lines.append(f"  {d['kind']}: {what} (sha256 {d['sha256'][:16]}…)")
     for kind, path in result.get("side_files", {}).items():

@@ -3,7 +3,8 @@
 `bundle` reads sysext.yaml and assembles the tree, `policy` refuses what an immutable host must
 not carry, `ddi` lays out the GPT disk image, `builder` makes the filesystem, verity tree and
 signature, `checker` applies systemd-sysext's match rules offline, `contents` lists an
-image's files and their origins (for SBOMs and diffs).
+image's files and their origins (for SBOMs and diffs), `sources` fetches and unpacks url/deb
+entries, `oci` packs preloaded container images.
 """
 
 from acl_compose.util import lazy_exports
@@ -13,6 +14,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     {
         "builder": ["build"],
         "contents": ["image_contents", "record_tree"],
+        "sources": ["SourceOptions", "downloads", "pool_path"],
         "checker": ["CheckResult", "check", "read_extension_releases"],
         "bundle": ["Bundle", "input_digest", "load_bundle"],
     },

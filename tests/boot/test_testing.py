@@ -121,6 +121,13 @@ def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) 
         "test_sysext_verity_activated[ssh://vm]",
         "test_sysext_images_placed_and_intact[ssh://vm]",
         "test_no_failed_units[ssh://vm]",
+        # The node runs containers (qemu-tests/test_containers.py).
+        "test_containerd_active[ssh://vm]",
+        "test_containerd_configured_for_kubernetes[ssh://vm]",
+        "test_preloaded_images_imported_and_run[ssh://vm]",
+        "test_container_writes_to_bind_mount[ssh://vm]",
+        "test_container_with_read_only_root[ssh://vm]",
+        "test_container_storage_on_root_not_usr[ssh://vm]",
     ]
     for name in must_pass:
         assert name in cases and _status(cases[name]) == "passed", (name, sorted(cases))
