@@ -145,7 +145,7 @@ def test_opt_renders_per_command() -> None:
     assert ui.render_opt(sysext_build, "--release VERSION", "the release") == "the release"
     with click.Context(fetch):
         assert ui.opt("--offline", "offline mode") == "--offline"
-    with click.Context(sysext_build):
+    with click.Context(commands["acl-compose sysext check"]):
         assert ui.opt("--offline", "offline mode") == "offline mode"
     assert ui.opt("--offline", "offline mode") == "--offline"  # no command: the CLI spelling
 

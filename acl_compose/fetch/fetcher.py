@@ -556,7 +556,8 @@ def download(
                 raise VerificationError(
                     f"{url}: the cached copy {dest} does not match its pinned sha256 {digest} "
                     "(corrupt or tampered with); it was removed",
-                    hint="run again without --offline to download it anew",
+                    hint=f"run again without {opt('--offline', 'offline mode')} to download it "
+                    "anew",
                 )
             ui.warn(f"{dest}: cached copy does not match sha256 {digest}; removed, downloading")
         if offline:

@@ -1,8 +1,8 @@
 """sysext: a bundle folder -> a signed systemd-sysext image; an image + base -> merge verdict.
 
-`bundle` reads sysext.yaml and assembles the tree, `policy` refuses what an immutable host must
-not carry, `ddi` lays out the GPT disk image, `builder` makes the filesystem, verity tree and
-signature, `checker` applies systemd-sysext's match rules offline, `contents` lists an
+`bundle` reads sysext.yaml, `assemble` builds the tree, `policy` refuses what an immutable
+host must not carry, `ddi` lays out the GPT disk image, `builder` makes the filesystem, verity
+tree and signature, `checker` applies systemd-sysext's match rules offline, `contents` lists an
 image's files and their origins (for SBOMs and diffs), `sources` fetches and unpacks url/deb
 entries, `oci` packs preloaded container images.
 """

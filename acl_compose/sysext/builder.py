@@ -28,10 +28,10 @@ from acl_compose import ui
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.run import run
 from acl_compose.sysext import ddi, sources
+from acl_compose.sysext.assemble import assemble
 from acl_compose.sysext.bundle import (
     Bundle,
     FileHashes,
-    assemble,
     input_digest,
     load_bundle,
     stat_fingerprint,

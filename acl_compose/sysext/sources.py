@@ -35,6 +35,7 @@ from acl_compose.errors import (
     VerificationError,
 )
 from acl_compose.run import run
+from acl_compose.ui import opt
 
 if TYPE_CHECKING:
     from acl_compose.sysext.bundle import Bundle, FileEntry
@@ -191,11 +192,13 @@ def download(rec: dict[str, Any], where: str, opts: SourceOptions) -> Path:
             hint = (
                 "a Debian mirror keeps only current versions: check the version and sha256 with "
                 f"`apt-cache show {rec['package']}` (Version, SHA256), set source: when the "
-                "source package is named differently, or use --debian-mirror with an archive "
-                "that still has it"
+                "source package is named differently, or use a Debian mirror "
+                f"({opt('--debian-mirror URL', 'ACL_COMPOSE_DEBIAN_MIRROR')}) that still has it"
             )
         elif opts.offline:
-            hint = "build once without --offline to fill the download cache"
+            hint = (
+                f"build once without {opt('--offline', 'offline mode')} to fill the download cache"
+            )
         raise FetchError(f"{where}: {describe(rec)}: {e.message}", hint=hint) from e
 
 

@@ -286,7 +286,7 @@ def test_bytes_changed_after_the_cache_check_are_refused(tmp_path: Path, cache_d
     """The archive is hashed again while it is unpacked: a file swapped after fetch verified
     it (a race with another process) never reaches the image."""
     from acl_compose import fetch
-    from acl_compose.sysext.bundle import assemble
+    from acl_compose.sysext.assemble import assemble
 
     deb = make_deb(tmp_path)
     other = make_deb(tmp_path / "other", version="1.0-1")
