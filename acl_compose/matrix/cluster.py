@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose.errors import InputError, ToolError
+from acl_compose.ui import opt
 
 RESOURCE = "vm"
 # Workers left without a scheduler (the client was killed) shut down after this long, and
@@ -49,6 +50,11 @@ def _require_dask() -> None:
         ) from e
 
 
+def _cluster(spec: str) -> str:
+    """`--cluster SPEC` where the command has that option (errors name only options it has)."""
+    return f"{opt('--cluster', 'cluster')} {spec}"
+
+
 def parse_ssh(spec: str) -> list[dict[str, Any]]:
     """ssh://[user@]host[:port],... -> [{host, port, username}] (InputError if malformed)."""
     hosts = []
@@ -56,7 +62,7 @@ def parse_ssh(spec: str) -> list[dict[str, Any]]:
         m = _HOST.match(part.strip())
         if not m:
             raise InputError(
-                f"--cluster {spec}: cannot read host {part!r}",
+                f"{_cluster(spec)}: cannot read host {part!r}",
                 hint="use ssh://[user@]host[:port][,host2...]",
             )
         h = {"host": m.group("host").strip("[]")}
@@ -73,7 +79,7 @@ def check_spec(spec: str) -> str:
     if spec.startswith("local:"):
         n = spec.removeprefix("local:")
         if not n.isdigit() or int(n) < 1:
-            raise InputError(f"--cluster {spec}: expected local:N with N >= 1")
+            raise InputError(f"{_cluster(spec)}: expected local:N with N >= 1")
         return "local"
     if spec.startswith("ssh://"):
         parse_ssh(spec)
@@ -81,7 +87,7 @@ def check_spec(spec: str) -> str:
     if spec.startswith(("tcp://", "tls://")):
         return "address"
     raise InputError(
-        f"--cluster {spec}: unknown cluster",
+        f"{_cluster(spec)}: unknown cluster",
         hint="use local:N, ssh://host1,host2 or tcp://scheduler:8786",
     )
 
@@ -119,7 +125,7 @@ def connect(spec: str, vms_per_worker: int = 1, ssh: SshOptions | None = None) -
         if cluster is not None:
             cluster.close()
         raise ToolError(
-            f"--cluster {spec}: cannot start or reach the cluster: {e}",
+            f"{_cluster(spec)}: cannot start or reach the cluster: {e}",
             hint="check the hosts, SSH keys and that the scheduler runs",
         ) from e
     try:
@@ -165,12 +171,12 @@ def _check_slots(client: Any, spec: str) -> None:
             client.wait_for_workers(1, timeout=30)
         except TimeoutError as e:
             raise ToolError(
-                f"--cluster {spec}: no worker joined within 30s",
-                hint="start workers: dask worker ADDRESS --resources vm=1",
+                f"{_cluster(spec)}: no worker joined within 30s",
+                hint="start workers: `dask worker ADDRESS --resources vm=1`",
             ) from e
         workers = client.scheduler_info().get("workers", {})
         if not any(w.get("resources", {}).get(RESOURCE) for w in workers.values()):
             raise InputError(
-                f"--cluster {spec}: no worker offers the '{RESOURCE}' resource",
-                hint="start workers with --resources vm=N (N VMs at once)",
+                f"{_cluster(spec)}: no worker offers the '{RESOURCE}' resource",
+                hint="start workers with `dask worker ADDRESS --resources vm=N` (N VMs at once)",
             )

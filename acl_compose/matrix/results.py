@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose.errors import InputError
+from acl_compose.ui import opt
 from acl_compose.util import atomic_write, safe_join
 
 JOURNAL = "journal.jsonl"
@@ -35,7 +36,8 @@ class Journal:
             if not resume:
                 raise InputError(
                     f"{results_dir} already holds a matrix run ({JOURNAL})",
-                    hint="pass --resume to finish it, or choose another RESULTS_DIR",
+                    hint=f"pass {opt('--resume', 'the resume option')} to finish it, or choose "
+                    "another RESULTS_DIR",
                 )
             self.entries = read_journal(self.path)
             digests = {e.get("matrix_sha256") for e in self.entries if e.get("event") == "run"}
