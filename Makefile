@@ -11,7 +11,8 @@ DEB_PACKAGES := python3 python3-venv git make gnupg gpgv openssl curl ca-certifi
 	cryptsetup-bin gdisk fdisk mtools dosfstools e2fsprogs btrfs-progs erofs-utils squashfs-tools \
 	bzip2 lbzip2 xz-utils zstd mmdebstrap grub-efi-amd64-bin grub-common \
 	qemu-system-x86 qemu-utils ovmf openssh-client openssh-server busybox-static \
-	systemd-container ignition procps skopeo
+	systemd-container ignition procps skopeo \
+	genisoimage udftools
 
 .PHONY: all deps deb venv test test-unit lint demo bench fuzz clean
 

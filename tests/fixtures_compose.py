@@ -45,8 +45,33 @@ class MiniImage:
     usr_hash_offset: int
 
 
-def build_mini_flatcar(out: Path, work: Path, os_release: str = OS_RELEASE) -> MiniImage:
-    """A ~200 MiB (sparse, ~15 MiB of data) Flatcar-shaped GPT disk image."""
+def build_oem_sysext(dest: Path, work: Path, platform: str, os_version: str,
+                     key: Path | None = None, cert: Path | None = None) -> Path:  # fmt: skip
+    """`dest/oem-<platform>.raw`: a small OEM sysext pinned to `os_version` (as Flatcar's)."""
+    from acl_compose import sysext
+
+    bundle = work / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "sysext.yaml").write_text(
+        f"name: oem-{platform}\nversion: 1.2.3\nos: flatcar\nversion_id: '{os_version}'\n"
+        f"files:\n  - path: /usr/share/oem-{platform}/README\n    inline: '{platform} OEM'\n"
+    )
+    built = sysext.build(bundle, work / "out", key=key, cert=cert)
+    shutil.copyfile(built["path"], dest / f"oem-{platform}.raw")
+    return dest / f"oem-{platform}.raw"
+
+
+def build_mini_flatcar(
+    out: Path,
+    work: Path,
+    os_release: str = OS_RELEASE,
+    oem_platforms: tuple[str, ...] = ("azure", "qemu"),
+    legacy_oem: str | None = None,
+) -> MiniImage:
+    """A ~200 MiB (sparse, ~15 MiB of data) Flatcar-shaped GPT disk image, and beside it the
+    OEM sysexts of `oem_platforms` (unsigned); `legacy_oem` makes its OEM partition that
+    platform's, the way Flatcar had it before OEM sysexts."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     # USR-A: btrfs holding /usr (lib/os-release), shrunk, then the verity tree after it.
     usr_tree = work / "usr"
@@ -69,10 +94,16 @@ def build_mini_flatcar(out: Path, work: Path, os_release: str = OS_RELEASE) -> M
     mt = {"MTOOLS_SKIP_CHECK": "1"}
     _sh("mmd", "-i", esp, "::/flatcar", env=mt)
     _sh("mcopy", "-i", esp, work / "vmlinuz-a", "::/flatcar/vmlinuz-a", env=mt)
-    # OEM: btrfs with oem-release.
+    # OEM: btrfs, empty like the generic image's (no platform yet); each platform's OEM
+    # sysext lies beside the image, as in Flatcar's SDK output folder.
     oem_tree = work / "oem"
     oem_tree.mkdir()
-    (oem_tree / "oem-release").write_text("ID=azure\nVERSION_ID=9999.2.0\nNAME=Microsoft Azure\n")
+    (oem_tree / "README").write_text("generic image: no platform OEM content\n")
+    if legacy_oem:  # a platform image of Flatcar before OEM sysexts (3760)
+        (oem_tree / "oem-release").write_text(f"ID={legacy_oem}\nVERSION_ID=0.0.1\n")
+        (oem_tree / "grub.cfg").write_text(f'set oem_id="{legacy_oem}"\n')
+    for platform in oem_platforms:
+        build_oem_sysext(out.parent, work / f"oem-{platform}", platform, "9999.2.0")
     oem_img = work / "oem.img"
     with open(oem_img, "wb") as f:
         f.truncate(32 * MIB)
@@ -207,6 +238,7 @@ def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         cert=cert,
         sysexts=[REPO / "sysext" / name for name in PRODUCT_SYSEXTS],
         ignition=[REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"],
+        outputs=("raw", "qcow2"),  # the qemu platform's (the testbed has no oem-azure.raw yet)
     )
     out = d / "out"
     cache = _compose_cache(tmp_path_factory)

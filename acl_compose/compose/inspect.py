@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -18,7 +19,6 @@ from typing import Any
 from acl_compose import util
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.image import fs, gpt, usr
-from acl_compose.image.osrelease import parse_os_release
 from acl_compose.run import run
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -55,7 +55,12 @@ def _ok(fn: Any, *args: Any) -> tuple[Any, str | None]:
 
 
 def read_oem(img: Path, disk: gpt.Disk, work: Path) -> dict[str, Any]:
-    """OEM id and baked Ignition configs from the OEM btrfs."""
+    """OEM id, platform content (compose.platform.read_layout) and baked Ignition configs from
+    the OEM btrfs. The restored tree stays at `work/oem-tree` for `check_oem_sysexts`."""
+    import hashlib
+
+    from acl_compose.compose import platform
+
     oem = disk.by_label("OEM")
     part = work / "oem.img"
     gpt.copy_out(img, oem, part)
@@ -64,23 +69,14 @@ def read_oem(img: Path, disk: gpt.Disk, work: Path) -> dict[str, Any]:
         fs.btrfs_restore(part, tree)
     finally:
         part.unlink(missing_ok=True)
-    out: dict[str, Any] = {"id": None, "configs": {}}
-    rel = tree / "oem-release"
-    if rel.is_file():
-        fields = parse_os_release(rel.read_text(errors="replace"))
-        out["id"] = fields.get("ID")
-        out["release"] = fields
-    grub = tree / "grub.cfg"
-    if out["id"] is None and grub.is_file():
-        for line in grub.read_text(errors="replace").splitlines():
-            if "oem_id=" in line:
-                out["id"] = line.split("oem_id=", 1)[1].strip().strip("\"'")
+    out: dict[str, Any] = platform.read_layout(tree)
+    out["configs"] = {}
+    if out["id"] is None:
+        out["id"] = out["grub_oem_id"]
     for name in ("base/base.ign", "config.ign"):
         f = tree / name
         if f.is_file():
             data = f.read_bytes()
-            import hashlib
-
             try:
                 parsed: Any = json.loads(data)
             except ValueError:
@@ -91,6 +87,41 @@ def read_oem(img: Path, disk: gpt.Disk, work: Path) -> dict[str, Any]:
                 "config": parsed,
             }
     return out
+
+
+def check_oem_sysexts(
+    oem: dict[str, Any], tree: Path, os_file: Path | None, certs: dict[str, str], work: Path
+) -> None:
+    """Add sha256, root hash, signature status and a systemd-sysext verdict to each OEM sysext
+    in `oem` (as read by read_oem): against the base os-release and the certificates its own
+    /usr ships (/usr/lib/verity.d), the keys the booted system accepts it with."""
+    from acl_compose import sysext
+
+    for s in oem.get("sysexts", []):
+        src = tree / s["file"]
+        img = work / "oem-sysext" / f"oem-{s['id']}.raw"  # the name it is linked under
+        img.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, img)
+        try:
+            s["sha256"] = util.sha256_file(img)
+            if os_file is None:
+                s["status"] = "not checked: no base os-release"
+                continue
+            (r,) = sysext.check([img], os_file)
+            s.update(signed=r.signed, root_hash=r.root_hash, certificate=None,
+                     extension_release=r.extension_release)  # fmt: skip
+            s["ok"], s["status"] = r.ok, "ok" if r.ok else str(r.reason)
+            if r.ok and r.signed:
+                s["ok"], s["status"] = False, "signed by no /usr/lib/verity.d certificate"
+                for path, pem in sorted(certs.items()):
+                    cert = work / "oem-sysext" / "cert.crt"
+                    cert.write_text(pem)
+                    (rc,) = sysext.check([img], os_file, cert=cert)
+                    if rc.ok:
+                        s["ok"], s["status"], s["certificate"] = True, "ok", path
+                        break
+        finally:
+            img.unlink(missing_ok=True)
 
 
 def root_sysexts(img: Path, disk: gpt.Disk) -> tuple[str, list[dict[str, Any]], dict[str, bytes]]:
@@ -205,6 +236,10 @@ def inspect_image(
             if report.get("os_release_text"):
                 os_file = work / "os-release"
                 os_file.write_text(report["os_release_text"])
+            if not err:
+                check_oem_sysexts(report["oem"], work / "oem-tree", os_file,
+                                  report.pop("usr_verity_d", None) or {}, work)  # fmt: skip
+            report.pop("usr_verity_d", None)
             spec_certs, err = _ok(root_sysexts, img, disk)
             if err:
                 report["sysexts"], report["verity_d"] = {"error": err}, []
@@ -230,6 +265,9 @@ def inspect_usr(img: Path, disk: gpt.Disk, work: Path, board: str, verify: bool)
             out["os_release_text"] = text[0]
             out["os_release"] = text[1]
             out["flatcar_version"] = text[1].get("VERSION")
+        from acl_compose.compose.platform import base_certificates
+
+        out["usr_verity_d"], _ = _ok(base_certificates, usr_file, work)
         kernel_hash, kerr = _ok(usr.kernel_root_hash, img, disk, board)
         status: dict[str, Any] = {"partition": part.name, "kernel_root_hash": kernel_hash}
         if kerr:
@@ -265,7 +303,17 @@ def format_text(r: dict[str, Any]) -> list[str]:
     lines.append(f"/usr verity: {u.get('status')} (kernel hash {u.get('kernel_root_hash') or '-'})")
     oem = r.get("oem") or {}
     err = f" ({oem['error']})" if oem.get("error") else ""
-    lines.append(f"OEM id: {oem.get('id') or '-'}{err}")
+    rel = oem.get("release") or {}
+    about = [f"oem-release: {rel.get('NAME', '?')} {rel.get('VERSION_ID', '?')}"] if rel else []
+    about += [f"grub.cfg oem_id={oem['grub_oem_id']}"] if oem.get("grub_oem_id") else []
+    about_s = f" ({'; '.join(about)})" if about else ""
+    lines.append(f"OEM id: {oem.get('id') or '-'}{about_s}{err}")
+    for s in oem.get("sysexts") or []:
+        state = "active" if s.get("active") else "inactive"
+        signed = f"signed by {s['certificate']}" if s.get("certificate") else (
+            "signed" if s.get("signed") else "unsigned")  # fmt: skip
+        lines.append(f"OEM sysext oem-{s['id']} {s['version']}: OEM:/{s['file']} "
+                     f"({state}; {signed}; {s.get('status', '?')})")  # fmt: skip
     for cname, c in (oem.get("configs") or {}).items():
         cfg = c.get("config") or {}
         files = len(cfg.get("storage", {}).get("files", []))

@@ -18,9 +18,14 @@ import yaml
 
 from acl_compose import yamlpos
 from acl_compose.errors import InputError
+from acl_compose.image.outputs import DEFAULT_PLATFORM
 from acl_compose.ui import opt
 
 OUTPUT_FORMATS = ("raw", "qcow2", "vhd")
+# Platforms an output can be made for (Flatcar's OEM ids; each format's default platform is in
+# image.outputs): Flatcar builds one image per platform from the generic one; only the OEM
+# partition differs.
+PLATFORMS = ("azure", "qemu")
 CHANNELS = ("alpha", "beta", "stable", "lts")
 BOARDS = ("amd64-usr", "arm64-usr")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -46,6 +51,17 @@ class Signing:
     passphrase_file: Path | None = None
 
 
+@dataclass(frozen=True)
+class Output:
+    """One output image: a format (raw, qcow2, vhd) made for a platform (azure, qemu)."""
+
+    format: str
+    platform: str
+
+    def __str__(self) -> str:
+        return f"{self.format}:{self.platform}"
+
+
 @dataclass
 class Manifest:
     path: Path
@@ -55,7 +71,7 @@ class Manifest:
     signing: Signing
     sysexts: list[Path] = field(default_factory=list)
     ignition: list[Path] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=lambda: ["raw"])
+    outputs: list[Output] = field(default_factory=lambda: [Output("raw", "qemu")])
     source_date_epoch: int | None = None
     debian_mirror: str | None = None  # for the sysexts' deb sources (--debian-mirror)
 
@@ -63,6 +79,11 @@ class Manifest:
     def stem(self) -> str:
         """File name stem of the outputs: `<name>-<version>`."""
         return f"{self.name}-{self.version}"
+
+    @property
+    def platforms(self) -> list[str]:
+        """The platforms of the outputs, in the order they first appear."""
+        return list(dict.fromkeys(o.platform for o in self.outputs))
 
 
 class _Ctx:
@@ -260,26 +281,7 @@ def load_manifest(
         if not p.is_file():
             raise ctx.err(ctx.line("ignition", i), f"ignition[{i}]", f"{p} is not a file")
 
-    outputs = ["raw"]
-    if "outputs" in top:
-        raw = top["outputs"]
-        if not isinstance(raw, list) or not raw:
-            raise ctx.err(
-                ctx.line("outputs"),
-                "outputs",
-                f"expected a non-empty list of {', '.join(OUTPUT_FORMATS)}",
-            )
-        outputs = []
-        for i, item in enumerate(raw):
-            if item not in OUTPUT_FORMATS:
-                raise ctx.err(
-                    ctx.line("outputs", i) if isinstance(item, str) else ctx.line("outputs"),
-                    f"outputs[{i}]",
-                    f"unknown format {item!r}",
-                    hint=f"use any of: {', '.join(OUTPUT_FORMATS)}",
-                )
-            if item not in outputs:
-                outputs.append(str(item))
+    outputs = _outputs(ctx, top["outputs"]) if "outputs" in top else [Output("raw", "qemu")]
 
     sde = None
     if top.get("source_date_epoch") is not None:
@@ -404,4 +406,55 @@ def _path_list(ctx: _Ctx, top: dict[str, Any], key: str) -> list[Path]:
         item_line = ctx.line(key, i)
         s = ctx.expand(item, item_line, f"{key}[{i}]")
         out.append(ctx.path_value(s, item_line, f"{key}[{i}]"))
+    return out
+
+
+def _outputs(ctx: _Ctx, raw: Any) -> list[Output]:
+    """`[raw, vhd]` or `[{format: vhd, platform: azure}, ...]` (mixed is fine); a format
+    alone takes its default platform (vhd: azure; raw, qcow2: qemu)."""
+    if not isinstance(raw, list) or not raw:
+        raise ctx.err(
+            ctx.line("outputs"),
+            "outputs",
+            f"expected a non-empty list of {', '.join(OUTPUT_FORMATS)} "
+            "or {format: F, platform: P} entries",
+        )
+    out: list[Output] = []
+    for i, item in enumerate(raw):
+        where = f"outputs[{i}]"
+        line = ctx.loc.line(("outputs", i), ctx.line("outputs"))
+        if isinstance(item, dict):
+            for key in item:
+                if key not in ("format", "platform"):
+                    raise ctx.err(
+                        ctx.loc.line(("outputs", i, key), line),
+                        f"{where}.{key}",
+                        "unknown key",
+                        hint="allowed keys here: format, platform",
+                    )
+            if "format" not in item:
+                raise ctx.err(line, f"{where}.format", "required key missing")
+            fmt, platform = item["format"], item.get("platform")
+            fline = ctx.loc.line(("outputs", i, "format"), line)
+        else:
+            fmt, platform, fline = item, None, line
+        if not isinstance(fmt, str) or fmt not in OUTPUT_FORMATS:
+            raise ctx.err(
+                fline,
+                where if not isinstance(item, dict) else f"{where}.format",
+                f"unknown format {fmt!r}",
+                hint=f"use any of: {', '.join(OUTPUT_FORMATS)}",
+            )
+        if platform is None:
+            platform = DEFAULT_PLATFORM[fmt]
+        elif not isinstance(platform, str) or platform not in PLATFORMS:
+            raise ctx.err(
+                ctx.loc.line(("outputs", i, "platform"), line),
+                f"{where}.platform",
+                f"unknown platform {platform!r}",
+                hint=f"use any of: {', '.join(PLATFORMS)}",
+            )
+        o = Output(fmt, platform)
+        if o not in out:
+            out.append(o)
     return out

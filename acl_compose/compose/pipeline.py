@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose import __version__, ui, util
+from acl_compose.compose import platform
 from acl_compose.compose.manifest import Manifest
+from acl_compose.compose.oem_content import read_base_oem, resolve_platforms, write_outputs
 from acl_compose.compose.release_dir import (
     RELEASE_JSON,
     RELEASE_LAST,
@@ -75,6 +77,10 @@ class State:
     usr: dict[str, Any] = field(default_factory=dict)
     os_release_text: str = ""
     os_release: dict[str, str] = field(default_factory=dict)
+    base_certs: dict[str, str] = field(default_factory=dict)  # /usr/lib/verity.d of the base
+    base_oem: dict[str, Any] = field(default_factory=dict)  # platform.read_layout of its OEM
+    oem_changes: dict[str, Any] = field(default_factory=dict)  # for every platform's OEM
+    platforms: dict[str, dict[str, Any]] = field(default_factory=dict)  # record + edits
     sysexts: list[dict[str, Any]] = field(default_factory=list)
     ignition: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
@@ -104,6 +110,8 @@ def compose(
         read_partitions(st)
         verify_base_usr(st)
         read_base_os_release(st)
+        read_base_oem(st)
+        resolve_platforms(st)
         build_sysexts(st)
         place_sysexts(st)
         bake_ignition(st)
@@ -266,6 +274,10 @@ def prepare_image(st: State) -> None:
                     fetch.decompress(st.base_file, tmp)
                 else:
                     sparse.copy_sparse(st.base_file, tmp)  # type: ignore[arg-type]
+                if st.base_file.name.removesuffix(".bz2").endswith(".vhd"):  # type: ignore[union-attr]
+                    # A fixed VHD (Flatcar's Azure image) is the raw disk and a 512-byte footer.
+                    outputs.check_vhd(tmp)
+                    os.truncate(tmp, tmp.stat().st_size - 512)
                 os.chmod(tmp, 0o444)
                 os.replace(tmp, cached)
             finally:
@@ -312,8 +324,10 @@ def verify_base_usr(st: State) -> None:
         kernel_hash = usr.kernel_root_hash(img, disk, st.manifest.base.board)
         if record.is_file():
             data = json.loads(record.read_text())
-            if data.get("usr", {}).get("root_hash") == kernel_hash:
+            # (Records from before the base's verity.d certificates were kept are redone.)
+            if data.get("usr", {}).get("root_hash") == kernel_hash and "verity_d" in data:
                 st.usr, st.os_release_text = data["usr"], data["os_release"]
+                st.base_certs = data["verity_d"]
                 ui.info(f"/usr {kernel_hash[:16]}… verified earlier for this base (cached)")
                 return
         usr_file = usr.extract(img, part, st.work / "usr-a.img")
@@ -329,13 +343,16 @@ def read_base_os_release(st: State) -> None:
     with ui.step("read the base os-release"):
         if not st.os_release_text:
             st.os_release_text, _ = usr.read_os_release(st.work / "usr-a.img")
+            st.base_certs = platform.base_certificates(st.work / "usr-a.img", st.work)
             (st.work / "usr-a.img").unlink(missing_ok=True)
-            record = {"usr": st.usr, "os_release": st.os_release_text}
+            record = {"usr": st.usr, "os_release": st.os_release_text,
+                      "verity_d": st.base_certs}  # fmt: skip
             util.atomic_write(st.base_cache / "verified.json", json.dumps(record).encode())  # type: ignore[operator]
         st.os_release = osr = parse_os_release(st.os_release_text)
         ui.info(
             f"{osr.get('ID')} {osr.get('VERSION_ID')} (SYSEXT_LEVEL={osr.get('SYSEXT_LEVEL', '-')})"
         )
+        (st.work / "base-os-release").write_text(st.os_release_text)
 
 
 def build_sysexts(st: State) -> None:
@@ -370,7 +387,6 @@ def build_sysexts(st: State) -> None:
             seen[name] = src
             st.sysexts.append(info)
         os_release_file = st.work / "base-os-release"
-        os_release_file.write_text(st.os_release_text)
         results = sysext.check([s["path"] for s in st.sysexts], os_release_file, cert=sg.cert)
         for s, r in zip(st.sysexts, results, strict=True):
             ok, reason, details = _check_result(r)
@@ -489,7 +505,7 @@ def bake_ignition(st: State) -> None:
         for w in warnings:
             ui.warn(f"ignition: {w}")
         text = ignition.dumps(merged).encode()
-        write_oem_file(st.image, st.disk, BASE_IGN, text, st.work, st.sde)  # type: ignore[arg-type]
+        st.oem_changes[BASE_IGN] = text  # written with each platform's OEM content
         st.ignition = {
             "path": f"OEM:/{BASE_IGN}",
             "sha256": hashlib.sha256(text).hexdigest(),
@@ -502,41 +518,6 @@ def bake_ignition(st: State) -> None:
             for p in st.manifest.ignition
         ]  # fmt: skip
         ui.info(f"{len(text)} bytes, sha256 {st.ignition['sha256'][:16]}…")
-
-
-def write_oem_file(
-    img: Path, disk: gpt.Disk, rel: str, data: bytes, work: Path, sde: int | None = None
-) -> None:
-    """Rebuild the OEM btrfs with one file added, keeping its label and UUID."""
-    oem = disk.by_label("OEM")
-    part_file = work / "oem.img"
-    gpt.copy_out(img, oem, part_file)
-    info = fs.btrfs_info(part_file)
-    if info is None:
-        raise InputError(
-            f"{img}: the OEM partition holds no btrfs filesystem", hint="is this a Flatcar image?"
-        )
-    tree = work / "oem-tree"
-    shutil.rmtree(tree, ignore_errors=True)
-    fs.btrfs_restore(part_file, tree)
-    target = util.safe_join(tree, rel, "OEM file")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
-    os.chmod(target, 0o644)
-    fs.btrfs_rebuild(tree, part_file, oem.size, info, sde)
-    gpt.copy_in(img, oem, part_file)
-    part_file.unlink()
-    shutil.rmtree(tree)
-
-
-def write_outputs(st: State) -> None:
-    """Step 9: the image formats, named `<name>-<version>.{bin,qcow2,vhd}`."""
-    with ui.step(f"write outputs: {', '.join(st.manifest.outputs)}"):
-        st.outputs = outputs.write_outputs(
-            st.image, st.out, st.manifest.stem, st.manifest.outputs, st.work, st.sde
-        )  # type: ignore[arg-type]
-        for o in st.outputs:
-            ui.info(f"{o['file']} ({o['format']}, sha256 {o['sha256'][:16]}…)")
 
 
 def write_release(st: State) -> dict[str, Any]:
@@ -571,10 +552,17 @@ def write_release(st: State) -> dict[str, Any]:
                 "certificate_fingerprint": st.cert_fpr,
                 "verity_d": f"{VERITY_D}/{st.manifest.name}.crt",
             },
+            "platforms": {p: st.platforms[p]["record"] for p in st.manifest.platforms},
             "outputs": [
-                {"file": o["file"], "format": o["format"], "size": o["size"], "sha256": o["sha256"]}
+                {
+                    "file": o["file"],
+                    "format": o["format"],
+                    "platform": o["platform"],
+                    "size": o["size"],
+                    "sha256": o["sha256"],
+                }
                 for o in st.outputs
-            ],
+            ],  # fmt: skip
         }
         release["sbom"] = _write_sbom(st, release)
         data = (json.dumps(release, indent=2, sort_keys=True) + "\n").encode()

@@ -34,7 +34,7 @@ def release_output(manifest: Manifest, out_dir: Path, force: bool = False) -> ut
     out = util.OutputDir(
         out_dir, "compose", force=force, replace=True, previous=previous_release_files
     )
-    names = [outputs.output_name(manifest.stem, f) for f in manifest.outputs]
+    names = [outputs.output_name(manifest.stem, o.format, o.platform) for o in manifest.outputs]
     out.check([*names, sbom_name(manifest), RELEASE_JSON, RELEASE_P7S])
     return out
 

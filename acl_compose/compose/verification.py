@@ -7,7 +7,11 @@ Checks, in order, and keeps going so the report names everything that broke:
    `sysext.check` accepts its verity tree and signature against the base os-release and the cert;
 4. the baked Ignition config has the recorded sha256;
 5. /usr: the kernel's root hash equals release.json's and the recomputed tree matches it;
-6. the SBOM listed in release.json has the recorded sha256 and names the same outputs.
+6. the SBOM listed in release.json has the recorded sha256 and names the same outputs;
+7. per platform, in one of its outputs: the OEM partition is that platform's (oem-release,
+   grub.cfg's oem_id, the active OEM sysext with the recorded sha256, which systemd-sysext
+   would merge: extension-release against the base, dm-verity, and a signature by a
+   certificate of the image's own /usr/lib/verity.d) and holds the baked Ignition config.
 """
 
 from __future__ import annotations
@@ -20,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from acl_compose.compose.inspect import check_sysext, raw_view, read_oem, root_sysexts
+from acl_compose.compose.inspect import (
+    check_oem_sysexts,
+    check_sysext,
+    raw_view,
+    read_oem,
+    root_sysexts,
+)
 from acl_compose.errors import AclComposeError, InputError, VerificationError
 from acl_compose.image import gpt, outputs, sparse, usr
 
@@ -81,7 +91,17 @@ def verify_release(out_dir: str | os.PathLike[str], cert_path: str | os.PathLike
     with tempfile.TemporaryDirectory(prefix="acl-verify-") as tmpd:
         work = Path(tmpd)
         with raw_view(disk_file, work) as img:
-            _check_disk(rep, release, img, work, _pem(cert))
+            base = _check_disk(rep, release, img, work, _pem(cert))
+        for p, record in sorted((release.get("platforms") or {}).items()):
+            mine = [o for o in outputs if o.get("platform") == p]
+            f = _pick_disk(out, mine)
+            if f is None:
+                rep.add(f"platform {p}", False, f"no output image of platform {p}")
+                continue
+            pwork = work / f"platform-{p}"
+            pwork.mkdir()
+            with raw_view(f, pwork) as img:
+                _check_platform(rep, release, p, record, f.name, img, pwork, base)
     return rep
 
 
@@ -129,28 +149,37 @@ def _pem(cert: Any) -> bytes:
 
 def _check_disk(
     rep: Report, release: dict[str, Any], img: Path, work: Path, cert_pem: bytes
-) -> None:
+) -> dict[str, Any]:
+    """/usr, the sysexts in ROOT and the baked config; returns what the platform checks need
+    from the verified /usr: its os-release file and its verity.d certificates."""
+    from acl_compose.compose.platform import base_certificates
+
+    base: dict[str, Any] = {"os_file": None, "certs": {}}
     try:
         disk = usr.require_disk(img)
     except AclComposeError as e:
         rep.add("partition table", False, e.message)
-        return
+        return base
     rep.add("partition table", True, f"{len(disk.partitions)} partitions")
     os_file = work / "os-release"
     usr_part = usr.usr_partition(disk)
     usr_file = work / "usr-a.img"
     gpt.copy_out(img, usr_part, usr_file)
     try:
-        _check_usr(rep, release, img, disk, usr_file, os_file)
+        if _check_usr(rep, release, img, disk, usr_file, os_file):
+            base["certs"] = base_certificates(usr_file, work)
     finally:
         usr_file.unlink(missing_ok=True)
-    _check_sysexts(rep, release, img, disk, os_file if os_file.exists() else None, work, cert_pem)
-    _check_ignition(rep, release, img, disk, work)
+    base["os_file"] = os_file if os_file.exists() else None
+    _check_sysexts(rep, release, img, disk, base["os_file"], work, cert_pem)
+    if not release.get("platforms"):  # (older releases) else checked per platform
+        _check_ignition(rep, release, img, disk, work)
+    return base
 
 
 def _check_usr(
     rep: Report, release: dict[str, Any], img: Path, disk: gpt.Disk, usr_file: Path, os_file: Path
-) -> None:
+) -> bool:
     want = (release.get("usr") or {}).get("root_hash")
     board = (release.get("base") or {}).get("board") or "amd64-usr"
     try:
@@ -161,18 +190,16 @@ def _check_usr(
     try:
         kernel = usr.kernel_root_hash(img, disk, board)
     except AclComposeError as e:
-        rep.add("/usr verity", False, e.message)
-        return
+        return rep.add("/usr verity", False, e.message)
     if kernel != want:
-        rep.add(
+        return rep.add(
             "/usr verity", False, f"kernel root hash {kernel} differs from release.json's {want}"
         )
-        return
     try:
         usr.verify_usr(img, disk, usr_file, board)
-        rep.add("/usr verity", True, f"root hash {kernel}")
+        return rep.add("/usr verity", True, f"root hash {kernel}")
     except AclComposeError as e:
-        rep.add("/usr verity", False, e.message)
+        return rep.add("/usr verity", False, e.message)
 
 
 def _check_sysexts(
@@ -222,27 +249,80 @@ def _check_sysexts(
 
 
 def _check_ignition(
-    rep: Report, release: dict[str, Any], img: Path, disk: gpt.Disk, work: Path
+    rep: Report,
+    release: dict[str, Any],
+    img: Path,
+    disk: gpt.Disk,
+    work: Path,
+    oem: dict[str, Any] | None = None,
+    what: str = "ignition",
 ) -> None:
     ign = release.get("ignition")
     if not ign:
         return
-    try:
-        oem = read_oem(img, disk, work)
-    except AclComposeError as e:
-        rep.add("ignition", False, f"OEM: {e.message}")
-        return
+    if oem is None:
+        try:
+            oem = read_oem(img, disk, work)
+        except AclComposeError as e:
+            rep.add(what, False, f"OEM: {e.message}")
+            return
     cfg = oem["configs"].get("base/base.ign")
     if cfg is None:
-        rep.add("ignition", False, "OEM base/base.ign missing")
+        rep.add(what, False, "OEM base/base.ign missing")
     elif cfg["sha256"] != ign.get("sha256"):
         rep.add(
-            "ignition",
+            what,
             False,
             f"OEM base/base.ign sha256 {cfg['sha256']} does not match release.json",
         )
     else:
-        rep.add("ignition", True, f"sha256 {cfg['sha256']}")
+        rep.add(what, True, f"sha256 {cfg['sha256']}")
+
+
+def _check_platform(
+    rep: Report,
+    release: dict[str, Any],
+    p: str,
+    record: dict[str, Any],
+    name: str,
+    img: Path,
+    work: Path,
+    base: dict[str, Any],
+) -> None:
+    """The OEM partition of `name` is platform `p`'s, as release.json records it."""
+    from acl_compose.compose import platform
+
+    what = f"platform {p}"
+    try:
+        disk = gpt.read(img)
+        oem = read_oem(img, disk, work)
+    except AclComposeError as e:
+        rep.add(what, False, f"{name}: OEM: {e.message}")
+        return
+    _check_ignition(rep, release, img, disk, work, oem, f"ignition ({p})")
+    os_version = (release.get("os_release") or {}).get("VERSION") or ""
+    has_sysext = record.get("sysext") is not None
+    why = [f"{name}: {w}" for w in platform.missing(oem, p, os_version, has_sysext)]
+    want = (record.get("sysext") or {}).get("path", "").removeprefix("OEM:/")
+    found = [s for s in oem["sysexts"] if s["file"] == want]
+    if found:
+        check_oem_sysexts({"sysexts": found}, work / "oem-tree", base["os_file"], base["certs"],
+                          work)  # fmt: skip
+        s = found[0]
+        if s.get("sha256") != record["sysext"].get("sha256"):
+            why.append(f"{name}: OEM:/{want} sha256 {s.get('sha256')} does not match release.json")
+        elif not s.get("ok"):
+            why.append(f"{name}: OEM:/{want}: {s.get('status')}")
+    elif want:
+        why.append(f"{name}: OEM:/{want} missing")
+    if (oem.get("release") or {}) != (record.get("oem_release") or {}):
+        why.append(f"{name}: oem-release differs from release.json")
+    if why:
+        rep.add(what, False, "; ".join(why))
+    else:
+        sx = record.get("sysext")
+        rep.add(what, True, f"{name}: oem-{p} {sx['version']}, OEM:/{want}" if sx else
+                f"{name}: OEM partition of platform {p} (no OEM sysext)")  # fmt: skip
 
 
 def _check_sbom(rep: Report, out: Path, release: dict[str, Any]) -> None:

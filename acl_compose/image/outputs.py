@@ -14,12 +14,18 @@ from acl_compose.run import run
 
 MIB = 1 << 20
 FORMATS = {"raw": "bin", "qcow2": "qcow2", "vhd": "vhd"}
+# The platform each format is made for unless told otherwise (Azure takes fixed VHDs).
+DEFAULT_PLATFORM = {"raw": "qemu", "qcow2": "qemu", "vhd": "azure"}
 
 
-def output_name(stem: str, fmt: str) -> str:
+def output_name(stem: str, fmt: str, platform: str | None = None) -> str:
+    """`<stem>.<ext>` for the format's default platform, `<stem>-<platform>.<ext>` otherwise,
+    so every (format, platform) pair has its own file."""
     if fmt not in FORMATS:
         raise InputError(f"unknown output format {fmt!r}", hint=f"use any of: {', '.join(FORMATS)}")
-    return f"{stem}.{FORMATS[fmt]}"
+    if platform is None or platform == DEFAULT_PLATFORM[fmt]:
+        return f"{stem}.{FORMATS[fmt]}"
+    return f"{stem}-{platform}.{FORMATS[fmt]}"
 
 
 def write_qcow2(raw: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
@@ -69,9 +75,35 @@ def write_vhd(
     check_vhd(dest, target)
 
 
+# CHS geometry of the footer (VHD spec, appendix "CHS calculation"), and the marker qemu-img's
+# force_size writes instead: "the size is current_size, not C*H*S" (what Azure and Flatcar use).
+CHS_MAX = (65535, 16, 255)
+
+
+def vhd_geometry(size: int) -> tuple[int, int, int]:
+    """The spec's cylinders, heads, sectors per track for a disk of `size` bytes."""
+    total = min(size // 512, 65535 * 16 * 255)
+    if total >= 65535 * 16 * 63:
+        spt, heads = 255, 16
+        cth = total // spt
+    else:
+        spt = 17
+        cth = total // spt
+        heads = max((cth + 1023) // 1024, 4)
+        if cth >= heads * 1024 or heads > 16:
+            spt, heads = 31, 16
+            cth = total // spt
+        if cth >= heads * 1024:
+            spt, heads = 63, 16
+            cth = total // spt
+    return cth // heads, heads, spt
+
+
 def check_vhd(path: str | os.PathLike[str], expect_size: int | None = None) -> int:
-    """Check the fixed-VHD footer (cookie, type, checksum); return the virtual size.
-    The size it claims is only compared with the file's, never used to read or allocate."""
+    """Check a fixed-VHD footer as Azure takes it: cookie, version, fixed type with no dynamic
+    header, checksum, a virtual size that is a whole MiB and the file's, and a geometry that is
+    the spec's for that size or force_size's marker. Returns the virtual size. The size it
+    claims is only compared with the file's, never used to read or allocate."""
     total = os.stat(path).st_size
     if total < 512:
         raise VerificationError(f"{path}: {total} bytes, too small to hold a VHD footer")
@@ -80,17 +112,30 @@ def check_vhd(path: str | os.PathLike[str], expect_size: int | None = None) -> i
         footer = f.read(512)
     if footer[:8] != b"conectix":
         raise VerificationError(f"{path}: no VHD footer (cookie 'conectix' missing)")
-    (disk_type,) = struct.unpack_from(">I", footer, 60)
+    (version,) = struct.unpack_from(">I", footer, 12)
+    (data_offset,) = struct.unpack_from(">Q", footer, 16)
     (current_size,) = struct.unpack_from(">Q", footer, 48)
+    cyls, heads, spt = struct.unpack_from(">HBB", footer, 56)
+    (disk_type,) = struct.unpack_from(">I", footer, 60)
     (checksum,) = struct.unpack_from(">I", footer, 64)
     calc = (~sum(footer[:64] + b"\0\0\0\0" + footer[68:])) & 0xFFFFFFFF
     if disk_type != 2:
         raise VerificationError(f"{path}: VHD disk type {disk_type}, expected 2 (fixed)")
     if calc != checksum:
         raise VerificationError(f"{path}: VHD footer checksum mismatch")
+    if version != 0x00010000 or data_offset != 0xFFFFFFFFFFFFFFFF:
+        raise VerificationError(
+            f"{path}: VHD footer version {version:#x}, data offset {data_offset:#x}: "
+            "not a fixed VHD 1.0 (expected 0x10000 and no dynamic header)"
+        )
     if current_size % MIB or current_size != total - 512:
         raise VerificationError(
             f"{path}: VHD virtual size {current_size} is not a whole MiB matching the file"
+        )
+    if (cyls, heads, spt) not in (vhd_geometry(current_size), CHS_MAX):
+        raise VerificationError(
+            f"{path}: VHD geometry {cyls}/{heads}/{spt} (C/H/S) is neither the spec's for "
+            f"{current_size} bytes {vhd_geometry(current_size)} nor 65535/16/255"
         )
     if expect_size is not None and current_size != expect_size:
         raise VerificationError(f"{path}: VHD virtual size {current_size}, expected {expect_size}")
@@ -124,15 +169,17 @@ def write_outputs(
     formats: list[str],
     work_dir: Path,
     source_date_epoch: int | None = None,
+    platform: str | None = None,
 ) -> list[dict[str, object]]:
     """Write every requested format; `raw` (the composed work image) becomes the .bin.
+    `platform` (the image's OEM platform) names the files (`output_name`) and the results.
 
     The conversions (qemu-img, mostly I/O) run beside the raw image's hash (CPU; hashlib
     drops the GIL), and the fixed VHD's sha256 continues the raw one: a fixed VHD is the raw
     bytes, zero padding to a whole MiB, and a 512-byte footer. With `source_date_epoch` the
     VHD footer is pinned (its time, and a unique id derived from the raw image's sha256).
     """
-    paths = {fmt: out_dir / output_name(stem, fmt) for fmt in formats}
+    paths = {fmt: out_dir / output_name(stem, fmt, platform) for fmt in formats}
     size = os.stat(raw).st_size
 
     def convert() -> None:
@@ -167,4 +214,6 @@ def write_outputs(
             p = paths[fmt]
             results.append({"format": fmt, "path": p, "file": p.name,
                             "size": os.stat(p).st_size, "sha256": digests[fmt]})  # fmt: skip
+            if platform is not None:
+                results[-1]["platform"] = platform
     return results

@@ -60,7 +60,40 @@ def test_good_manifest_resolves_paths_against_its_folder(tree, monkeypatch):
     assert m.signing.key == tree / "keys" / "release.key"
     assert m.base.release == "4081.2.0" and m.base.base_url == "http://127.0.0.1:1/"
     assert m.base.trusted_key == "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"
-    assert m.outputs == ["raw", "vhd"]
+    # A format alone takes its default platform: raw -> qemu, vhd -> azure.
+    assert m.outputs == [manifest.Output("raw", "qemu"), manifest.Output("vhd", "azure")]
+    assert m.platforms == ["qemu", "azure"]
+
+
+def test_outputs_with_platforms(tree):
+    text = GOOD.replace(
+        "outputs: [raw, vhd]",
+        "outputs:\n  - {format: vhd, platform: azure}\n  - {format: qcow2, platform: qemu}\n"
+        "  - format: raw\n    platform: azure\n  - qcow2\n  - {format: vhd}",
+    )
+    m = manifest.load_manifest(write(tree, text))
+    # Duplicates collapse (qcow2 is qcow2/qemu, {format: vhd} is vhd/azure); order is kept.
+    assert [str(o) for o in m.outputs] == ["vhd:azure", "qcow2:qemu", "raw:azure"]
+    assert m.platforms == ["azure", "qemu"]
+
+
+@pytest.mark.parametrize(
+    ("outputs", "line", "needle"),
+    [
+        ("[{format: vhd, platform: aws}]", 16, "outputs[0].platform: unknown platform 'aws'"),
+        ("[raw, {format: iso}]", 16, "outputs[1].format: unknown format 'iso'"),
+        ("[{platform: azure}]", 16, "outputs[0].format: required key missing"),
+        ("\n  - format: raw\n    platfrom: qemu", 18, "outputs[0].platfrom: unknown key"),
+        ("[]", 16, "outputs: expected a non-empty list"),
+        ("[[raw]]", 16, "outputs[0]: unknown format ['raw']"),
+    ],
+)
+def test_output_errors_are_located(tree, outputs, line, needle):
+    path = write(tree, GOOD.replace("outputs: [raw, vhd]", f"outputs: {outputs}"))
+    with pytest.raises(InputError) as e:
+        manifest.load_manifest(path)
+    assert e.value.message.startswith(f"{path}:{line}: "), e.value.message
+    assert needle in e.value.message
 
 
 def test_env_expansion_and_overrides(tree, monkeypatch):
@@ -155,7 +188,7 @@ def test_example_manifest_parses(tmp_path, monkeypatch):
     assert [p.name for p in m.sysexts] == ["azure-base", "container-runtime", "aks-node"]
     assert [p.name for p in m.ignition] == ["base.yaml", "aks-node.yaml"]
     assert m.base.base_url == "http://127.0.0.1:8000/" and m.base.trusted_key == "ABCD"
-    assert m.outputs == ["raw", "qcow2", "vhd"]
+    assert [str(o) for o in m.outputs] == ["raw:qemu", "qcow2:qemu"]
 
 
 def test_override_skips_unset_env_in_manifest(tree, monkeypatch):

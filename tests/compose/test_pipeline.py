@@ -20,6 +20,7 @@ from acl_compose.image import fs, gpt, usr
 from acl_compose.image.outputs import copy_sparse
 from tests.conftest import run_cli
 from tests.fixtures_compose import REPO, build_mini_flatcar, write_manifest
+from tests.image.test_vhd_footer import assert_azure_fixed_vhd
 
 BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
 CONFIGS = [REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"]
@@ -111,6 +112,65 @@ def test_compose_writes_signed_release(mini_release, mini_flatcar):
     assert re.fullmatch(r"composed acl-test-1\.0\.0 into .*/out in \d+\.\ds", lines[-1])
 
 
+def _oem_tree(img: Path, dest: Path) -> Path:
+    part = dest.with_suffix(".img")
+    gpt.copy_out(img, gpt.read(img).by_label("OEM"), part)
+    fs.btrfs_restore(part, dest)
+    return dest
+
+
+def test_platform_outputs_differ_only_in_oem(mini_release, mini_flatcar, tmp_path):
+    """The .bin/.qcow2 are the qemu platform's, the .vhd Azure's: the same bytes everywhere
+    but the OEM partition, which holds each platform's content (read with btrfs restore)."""
+    out, rel = mini_release["out"], mini_release["release"]
+    assert [(o["file"], o["platform"]) for o in rel["outputs"]] == [
+        ("acl-test-1.0.0.bin", "qemu"), ("acl-test-1.0.0.qcow2", "qemu"),
+        ("acl-test-1.0.0.vhd", "azure"),
+    ]  # fmt: skip
+    bin_, vhd = out / "acl-test-1.0.0.bin", out / "acl-test-1.0.0.vhd"
+    assert_azure_fixed_vhd(vhd)  # what Azure takes, read by an independent footer parser
+    oem = gpt.read(bin_).by_label("OEM")
+    with open(bin_, "rb") as a, open(vhd, "rb") as b:
+        for start, end in ((0, oem.offset), (oem.offset + oem.size, bin_.stat().st_size)):
+            a.seek(start)
+            b.seek(start)
+            left = end - start
+            while left:
+                n = min(left, 1 << 22)
+                assert a.read(n) == b.read(n), f"outside OEM at {start}"
+                left -= n
+    azure = _oem_tree(vhd, tmp_path / "azure")
+    qemu = _oem_tree(bin_, tmp_path / "qemu")
+    assert sorted(p.name for p in (azure / "sysext").iterdir()) == [
+        "active-oem-azure", "oem-azure-9999.2.0.raw"]  # fmt: skip
+    assert sorted(p.name for p in (qemu / "sysext").iterdir()) == [
+        "active-oem-qemu", "oem-qemu-9999.2.0.raw"]  # fmt: skip
+    grub = (azure / "grub.cfg").read_text()
+    assert 'set oem_id="azure"' in grub and "console=ttyS0,115200n8" in grub
+    assert "terminal_output serial" in grub
+    assert 'set oem_id="qemu"' in (qemu / "grub.cfg").read_text()
+    # oem-release from the sysext's release fields (SYSEXT_VERSION_ID is the bundle's 1.2.3).
+    assert (azure / "oem-release").read_text() == (
+        'ID=azure\nVERSION_ID=1.2.3\nNAME="Microsoft Azure"\n'
+        "HOME_URL=https://azure.microsoft.com/\nBUG_REPORT_URL=https://issues.flatcar.org\n"
+    )
+    for tree in (azure, qemu):  # the baked config is in every platform's OEM
+        assert (tree / "base" / "base.ign").read_bytes() == (
+            qemu / "base" / "base.ign"
+        ).read_bytes()
+    p = rel["platforms"]["azure"]
+    assert p["id"] == "azure" and p["grub_oem_id"] == "azure"
+    assert p["source"] == "oem-azure.raw beside the base image"
+    assert p["sysext"]["path"] == "OEM:/sysext/oem-azure-9999.2.0.raw"
+    assert p["sysext"]["sha256"] == __import__("hashlib").sha256(
+        (azure / "sysext" / "oem-azure-9999.2.0.raw").read_bytes()).hexdigest()  # fmt: skip
+    assert (
+        p["sysext"]["signed"] is False
+        and p["sysext"]["extension_release"]["VERSION_ID"] == "9999.2.0"
+    )
+    assert rel["platforms"]["qemu"]["oem_release"]["ID"] == "qemu"
+
+
 def test_composed_image_contents(mini_release, mini_flatcar, tmp_path):
     img = mini_release["out"] / "acl-test-1.0.0.bin"
     base, new = gpt.read(mini_flatcar.path), gpt.read(img)
@@ -143,9 +203,13 @@ def test_composed_image_contents(mini_release, mini_flatcar, tmp_path):
         == mini_release["release"]["ignition"]["sha256"]
     )
     assert json.loads(ign)["ignition"]["version"].startswith("3.")
-    assert fs.btrfs_read_file(parts["new"], "oem-release") == fs.btrfs_read_file(
-        parts["base"], "oem-release"
-    )
+    # The .bin is the qemu platform's: its OEM content as Flatcar's install_oem_sysext lays it.
+    assert fs.btrfs_read_file(parts["new"], "README") == b"generic image: no platform OEM content\n"
+    assert fs.btrfs_read_file(parts["new"], "oem-release").startswith(b"ID=qemu\n")
+    assert fs.btrfs_read_file(parts["new"], "sysext/active-oem-qemu") == b""
+    sx = fs.btrfs_read_file(parts["new"], "sysext/oem-qemu-9999.2.0.raw")
+    assert sx == (mini_flatcar.path.parent / "oem-qemu.raw").read_bytes()
+    assert fs.btrfs_read_file(parts["new"], "sysext/oem-azure-9999.2.0.raw") is None
     if shutil.which("ignition-validate"):
         (tmp_path / "base.ign").write_bytes(ign)
         r = subprocess.run(
@@ -163,7 +227,13 @@ def test_inspect_shows_everything(mini_release):
             r["usr"]["verified"] is True
             and r["usr"]["kernel_root_hash"] == mini_release["release"]["usr"]["root_hash"]
         )
-        assert r["oem"]["id"] == "azure"
+        platform = "azure" if name.endswith(".vhd") else "qemu"
+        assert r["oem"]["id"] == r["oem"]["grub_oem_id"] == platform
+        assert r["oem"]["release"]["VERSION_ID"] == "1.2.3"
+        (sx,) = r["oem"]["sysexts"]
+        assert (sx["file"], sx["id"], sx["version"], sx["active"], sx["status"]) == (
+            f"sysext/oem-{platform}-9999.2.0.raw", platform, "9999.2.0", True, "ok")  # fmt: skip
+        assert sx["sha256"] == mini_release["release"]["platforms"][platform]["sysext"]["sha256"]
         assert (
             r["oem"]["configs"]["base/base.ign"]["sha256"]
             == mini_release["release"]["ignition"]["sha256"]
@@ -181,7 +251,9 @@ def test_inspect_shows_everything(mini_release):
     assert (
         "sysext aks-node 1.0.0" in text
         and "/usr verity: verified" in text
-        and "OEM id: azure" in text
+        and "OEM id: qemu (oem-release: QEMU 1.2.3; grub.cfg oem_id=qemu)" in text
+        and "OEM sysext oem-qemu 9999.2.0: OEM:/sysext/oem-qemu-9999.2.0.raw (active; unsigned; ok)"
+        in text
     )
 
 
@@ -189,7 +261,8 @@ def test_verify_passes(mini_release):
     proc = verify(mini_release["out"], mini_release["cert"], check=True)
     checks = {c["check"]: c["ok"] for c in json.loads(proc.stdout)["checks"]}
     assert all(checks.values())
-    assert {"release.json.p7s", "/usr verity", "sysext azure-base", "sysext aks-node", "ignition",
+    assert {"release.json.p7s", "/usr verity", "sysext azure-base", "sysext aks-node",
+            "ignition (azure)", "ignition (qemu)", "platform azure", "platform qemu",
             "output acl-test-1.0.0.vhd"} <= set(checks)  # fmt: skip
 
 
@@ -202,9 +275,10 @@ def test_verify_passes(mini_release):
         ("acl-test-1.0.0.vhd", "acl-test-1.0.0.vhd: sha256"),
         ("sysext", "sysext aks-node (/opt/extensions/aks-node/aks-node-1.0.0.raw): sha256"),
         ("usr", "/usr"),
+        ("oem-sysext", "acl-test-1.0.0.vhd: OEM:/sysext/oem-azure-9999.2.0.raw sha256"),
     ],
 )
-def test_flipped_byte_fails_verify(mini_release, tmp_path, target, needle):
+def test_flipped_byte_fails_verify(mini_release, mini_flatcar, tmp_path, target, needle):
     out = tmp_path / "out"
     out.mkdir()
     for f in mini_release["out"].iterdir():
@@ -214,6 +288,17 @@ def test_flipped_byte_fails_verify(mini_release, tmp_path, target, needle):
         flip(img, sysext_offset(img, "/opt/extensions/aks-node/aks-node-1.0.0.raw") + 100)
     elif target == "usr":
         flip(img, gpt.read(img).by_label("USR-A").offset + 0x10000 + 3 * 4096 + 5)
+    elif target == "oem-sysext":  # a byte of the OEM sysext's filesystem, in the Azure VHD
+        vhd = out / "acl-test-1.0.0.vhd"
+        sx = (mini_flatcar.path.parent / "oem-azure.raw").read_bytes()
+        at = next(i for i in range(1 << 20, len(sx), 4096) if any(sx[i : i + 4096]))
+        oem = gpt.read(vhd).by_label("OEM")
+        with open(vhd, "rb") as f:
+            f.seek(oem.offset)
+            data = f.read(oem.size)
+        found = data.find(sx[at : at + 4096])
+        assert found > 0, "the OEM sysext's bytes are not stored plainly in the OEM partition"
+        flip(vhd, oem.offset + found + 17)
     else:
         size = (out / target).stat().st_size
         flip(out / target, size - 10 if target.startswith("release.json") else size // 2)
@@ -222,6 +307,9 @@ def test_flipped_byte_fails_verify(mini_release, tmp_path, target, needle):
     assert needle in proc.stderr, proc.stderr
     if target in ("sysext", "usr"):
         assert "acl-test-1.0.0.bin: sha256" in proc.stderr  # the image checksum too
+    if target == "oem-sysext":
+        assert "acl-test-1.0.0.vhd: sha256" in proc.stderr
+        assert "platform qemu" not in proc.stderr  # the qemu outputs are intact
 
 
 def test_verify_wrong_cert(mini_release, tmp_path):
@@ -464,3 +552,78 @@ def test_prebuilt_sysext_and_qcow2_only(mini_flatcar, release_key, tmp_path):
         "sysext aks-node",
         "/usr verity",
     }
+
+
+def test_azure_image_as_base_keeps_its_oem(mini_release, release_key, tmp_path):
+    """A base that already is an Azure image (here the .vhd composed above, read as raw, as
+    flatcar_production_azure_image.vhd would be) keeps its OEM content for azure outputs;
+    a qemu output then needs oem-qemu.raw, and says where it looked."""
+    key, cert = release_key
+    base = tmp_path / "base"
+    base.mkdir()
+    os.link(mini_release["out"] / "acl-test-1.0.0.vhd", base / "azure.vhd")
+    m = write_manifest(tmp_path / "m.yaml", base={"path": base / "azure.vhd"}, key=key,
+                       cert=cert, outputs=("vhd",))  # fmt: skip
+    rel = json.loads(compose(m, tmp_path / "out", tmp_path / "cache").stdout)
+    was = mini_release["release"]["platforms"]["azure"]
+    now = rel["platforms"]["azure"]
+    assert now["source"] == "base image"
+    assert now["sysext"]["sha256"] == was["sysext"]["sha256"]
+    assert now["oem_release"] == was["oem_release"]
+    assert verify(tmp_path / "out", cert, check=True).returncode == 0
+    m2 = write_manifest(tmp_path / "m2.yaml", base={"path": base / "azure.vhd"}, key=key,
+                        cert=cert, outputs=("qcow2",))  # fmt: skip
+    proc = compose(m2, tmp_path / "out2", tmp_path / "cache", check=False)
+    assert proc.returncode == 1 and not (tmp_path / "out2").exists()
+    assert "error: platform qemu: the base" in proc.stderr
+    assert "(oem-release ID is azure, not qemu)" in proc.stderr
+    assert "no oem-qemu.raw beside it" in proc.stderr
+
+
+def test_oem_sysext_the_base_does_not_trust_is_refused(release_key, tmp_path):
+    """A signed OEM sysext that no certificate of the base's /usr/lib/verity.d accepts would
+    never be merged by systemd-sysext: compose refuses it before writing anything."""
+    from tests.fixtures_compose import build_oem_sysext
+
+    key, cert = release_key
+    mini = build_mini_flatcar(tmp_path / "base" / "flatcar_production_image.bin",
+                              tmp_path / "work", oem_platforms=("qemu",))  # fmt: skip
+    build_oem_sysext(tmp_path / "base", tmp_path / "w2", "azure", "9999.2.0", key, cert)
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini.path}, key=key, cert=cert,
+                       outputs=("vhd",))  # fmt: skip
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert proc.returncode == 1 and not (tmp_path / "out").exists()
+    assert "platform azure: oem-azure.raw is signed, but by no certificate the base trusts" in (
+        proc.stderr
+    )
+    # Pinned to another OS version: systemd-sysext would refuse it too.
+    (tmp_path / "base" / "oem-azure.raw").unlink()
+    build_oem_sysext(tmp_path / "base", tmp_path / "w3", "azure", "1.2.3")
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert proc.returncode == 1
+    assert "platform azure: oem-azure.raw would not be merged" in proc.stderr
+    assert "VERSION_ID" in proc.stderr
+
+
+def test_legacy_platform_oem_is_kept(release_key, tmp_path):
+    """A base from before OEM sysexts (Flatcar < 3760) whose OEM partition is already the
+    platform's (oem-release and grub.cfg say qemu) is kept as it is, and verify accepts it."""
+    key, cert = release_key
+    mini = build_mini_flatcar(tmp_path / "base" / "flatcar_production_image.bin",
+                              tmp_path / "work", oem_platforms=(), legacy_oem="qemu")  # fmt: skip
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini.path}, key=key, cert=cert,
+                       ignition=CONFIGS[:1], outputs=("raw",))  # fmt: skip
+    rel = json.loads(compose(m, tmp_path / "out", tmp_path / "cache").stdout)
+    p = rel["platforms"]["qemu"]
+    assert p["sysext"] is None and p["source"].startswith("base image (OEM files without")
+    assert p["oem_release"] == {"ID": "qemu", "VERSION_ID": "0.0.1"}
+    checks = {
+        c["check"]: c for c in json.loads(verify(tmp_path / "out", cert, True).stdout)["checks"]
+    }
+    assert checks["platform qemu"]["ok"] and "no OEM sysext" in checks["platform qemu"]["detail"]
+    assert checks["ignition (qemu)"]["ok"]
+    # An azure output of the same base has nowhere to get its OEM content from.
+    m2 = write_manifest(tmp_path / "m2.yaml", base={"path": mini.path}, key=key, cert=cert,
+                        outputs=("vhd",))  # fmt: skip
+    proc = compose(m2, tmp_path / "out2", tmp_path / "cache", check=False)
+    assert "error: platform azure: the base" in proc.stderr and "no oem-azure.raw" in proc.stderr

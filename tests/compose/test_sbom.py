@@ -43,6 +43,8 @@ def release(mini_flatcar, release_key, tmp_path_factory):
     base = d / "base"
     base.mkdir()
     os.link(mini_flatcar.path, base / "flatcar_production_image.bin")
+    for oem in ("oem-qemu.raw", "oem-azure.raw"):  # each platform's OEM sysext, as SDK output
+        os.link(mini_flatcar.path.parent / oem, base / oem)
     (base / "flatcar_production_image_packages.txt").write_text(PACKAGES)
     (base / "flatcar_production_image_contents.txt").write_text(CONTENTS)
     www = d / "www"

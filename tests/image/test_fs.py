@@ -125,7 +125,7 @@ def test_btrfs_read_and_rebuild_keeps_label_and_uuid(disk: Path, tmp_path: Path)
         ["btrfs", "inspect-internal", "dump-super", str(part)], capture_output=True, text=True
     ).stdout
     assert f"fsid\t\t\t{info.uuid}" in dump and f"total_bytes\t\t{info.total_bytes}" in dump
-    assert fs.btrfs_read_file(part, "oem-release").startswith(b"ID=azure")
+    assert fs.btrfs_read_file(part, "README").startswith(b"generic image")
     assert fs.btrfs_read_file(part, "nope") is None
     tree = tmp_path / "tree"
     fs.btrfs_restore(part, tree)
@@ -136,7 +136,7 @@ def test_btrfs_read_and_rebuild_keeps_label_and_uuid(disk: Path, tmp_path: Path)
     assert (again.uuid, again.label) == (info.uuid, info.label)
     assert part.stat().st_size == oem.size
     assert fs.btrfs_read_file(part, "base/base.ign") == b"{}"
-    assert fs.btrfs_read_file(part, "oem-release").startswith(b"ID=azure")
+    assert fs.btrfs_read_file(part, "README").startswith(b"generic image")
     blkid = subprocess.run(
         ["blkid", "-p", "-o", "export", str(part)], capture_output=True, text=True
     ).stdout

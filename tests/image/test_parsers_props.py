@@ -138,8 +138,10 @@ def test_gpt_header_claiming_2_pow_32_entries_is_refused_before_reading():
 def vhd_footer(disk_type: int, current: int, checksum: int | None, cookie: bytes) -> bytes:
     footer = bytearray(512)
     footer[:8] = cookie
+    struct.pack_into(">IIQ", footer, 8, 2, 0x00010000, 0xFFFFFFFFFFFFFFFF)
     struct.pack_into(">Q", footer, 40, current)
     struct.pack_into(">Q", footer, 48, current)
+    struct.pack_into(">HBB", footer, 56, 65535, 16, 255)
     struct.pack_into(">I", footer, 60, disk_type)
     calc = (~sum(footer[:64] + footer[68:])) & 0xFFFFFFFF
     struct.pack_into(">I", footer, 64, calc if checksum is None else checksum)
