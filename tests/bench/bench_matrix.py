@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -99,17 +100,23 @@ def main() -> None:
         noop = write_matrix(d, image, n, SUITES / "noop-suite")
         with open("/tmp/acl-vm.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
             serial, wall1 = run(d, smoke, "local:1")
             parallel, wall_w = run(d, smoke, f"local:{w}")
             idle, wall_noop = run(d, noop, "local:1")
         rt = dask_round_trip()
     one = statistics.mean(t["seconds"] for c in serial["cells"] for t in c["tries"])
+    one_w = statistics.mean(t["seconds"] for c in parallel["cells"] for t in c["tries"])
     target = (n / w) * one
     ratio = span(parallel) / target
-    print(f"scaling: {n} cells, one cell {one:.1f}s (mean on local:1)")
+    print(f"scaling: {n} cells, one cell {one:.1f}s (mean on local:1); load {load}")
     print(f"  local:1 span {span(serial):.1f}s (wall {wall1:.1f}s incl. cluster start-up)")
     print(f"  local:{w} span {span(parallel):.1f}s (wall {wall_w:.1f}s); (N/W) x one cell = "
           f"{target:.1f}s; ratio {ratio:.2f} (target <= 1.15)")  # fmt: skip
+    # Where the time went: cells slowed by sharing the CPU, vs. the scheduler packing them.
+    print(f"  one cell on local:{w} takes {one_w:.1f}s ({one_w / one:.2f}x: TCG guests share "
+          f"{os.cpu_count()} cores); span / ((N/W) x that) = "
+          f"{span(parallel) / ((n / w) * one_w):.2f} (the scheduler's packing)")  # fmt: skip
     tasks = [t for c in idle["cells"] for t in c["tries"]]
     sched = (span(idle) - sum(t["seconds"] for t in tasks)) / len(tasks)
     harness = statistics.mean(
