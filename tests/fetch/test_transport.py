@@ -78,3 +78,42 @@ def test_threaded_error_reaches_the_caller() -> None:
     with pytest.raises(OSError):
         worker.close()
     assert not worker._thread.is_alive()
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_bodies_without_content_length(tmp_path: Path, framing: str) -> None:
+    """readinto() straight from http.client still handles chunked and close-delimited bodies."""
+    from acl_compose.fetch.httpserve import RangeRequestHandler
+
+    data = os.urandom(3 * CHUNK + 999)
+
+    class Handler(RangeRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            if framing == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(data), 100_003):
+                    piece = data[i : i + 100_003]
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = True
+
+    got = bytearray()
+
+    class Collect:
+        def update(self, chunk: memoryview) -> None:
+            got.extend(chunk)
+
+    t = Transport()
+    try:
+        with serve(tmp_path, handler=Handler) as server:
+            n = t.stream(server.url + "x.bin", [Collect()], got.clear)
+    finally:
+        t.close()
+    assert n == len(data) and bytes(got) == data
