@@ -411,12 +411,12 @@ def build(
     output.check(names)  # before the build, not after it
     key, cert = _load_signer(key, cert, passphrase)
     cache = Path(cache_dir) if cache_dir is not None else None
+    extra = {"cache_format": CACHE_FORMAT, "mkfs": tool_version(bundle.filesystem)}
+    digest = _Digest(bundle, extra, cache)  # first: a missing source stops here, nothing made
     # Without a cache, scratch space goes beside the output (it may be large).
     scratch_parent = cache / "sysext" if cache is not None else out_dir.parent / ".acl-sysext-tmp"
     scratch_parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".sysext-", dir=scratch_parent))
-    extra = {"cache_format": CACHE_FORMAT, "mkfs": tool_version(bundle.filesystem)}
-    digest = _Digest(bundle, extra, cache)
     built: _Built | None = None
     try:
         downloads = sources.SourceOptions(

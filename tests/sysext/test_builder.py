@@ -666,3 +666,16 @@ def test_output_folder_rule(tmp_path: Path, cache_dir: Path) -> None:
                    "-o", mine, "--force")  # fmt: skip
     assert proc.returncode == 1 and "exists and was not written by" in proc.stderr
     assert (mine / f"{BUNDLES[0]}.raw").read_text() == "my own image"
+
+
+def test_missing_source_leaves_no_scratch(tmp_path: Path, cache_dir: Path) -> None:
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "sysext.yaml").write_text(
+        "name: b\nversion: '1'\nfiles:\n  - path: /usr/lib/b/x\n    from: files/missing\n"
+    )
+    proc = run_cli("--cache-dir", cache_dir, "sysext", "build", bundle, "-o", tmp_path / "out")
+    assert proc.returncode == 1 and "files/missing does not exist" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert not list((cache_dir / "sysext").glob(".sysext-*"))
