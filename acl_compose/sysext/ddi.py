@@ -13,9 +13,11 @@ import hashlib
 import json
 import mmap
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.image import gpt
@@ -23,9 +25,10 @@ from acl_compose.image import gpt
 ALIGN = 4096
 FIRST_LBA = 2048  # 1 MiB, the conventional first partition offset
 DATA_OFFSET = FIRST_LBA * gpt.SECTOR  # where the filesystem starts
-SIG_SIZE = 16 * 1024
+SIG_SIZE = 16 * 1024  # systemd-repart's size for the signature partition
 MAX_SIGNATURE = 1 << 20  # what a reader accepts: far above any real signature JSON
-CHUNK = 4 << 20  # systemd-repart's size for the signature partition
+CHUNK = 4 << 20
+WINDOW = 16 << 20  # bytes mapped at a time while hashing an image
 GPT_MAGIC = b"EFI PART"
 ARCH_OF_TYPE = {
     gpt.TYPES[f"root-{arch}{suffix}"]: (arch, role)
@@ -133,18 +136,66 @@ def write(
 ) -> tuple[gpt.Disk, str]:
     """Write the DDI to `out` (a new file): GPT + data + verity (+ signature) partitions.
 
-    The filesystem and tree are copied in the kernel (copy_file_range). Returns the GPT and
-    the sha256 of the whole image file.
+    The filesystem and tree are copied in the kernel (copy_file_range) while a thread hashes
+    the image from its parts (the GPT area written first, the filesystem and tree read from
+    their sources): the copy and the sha256 overlap. Returns the GPT and that sha256.
     """
     fs, tree = Extent.of(fs_image), Extent.of(verity_tree)
     p = plan(fs.size, tree.size, root_hash, architecture, _len(sig_json))
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _copy_into(fd, p.data, fs)
-        _copy_into(fd, p.verity, tree)
-        return _finish(Path(out), fd, p, sig_json)
+        disk = _frame(Path(out), fd, p, sig_json)
+        h = hashlib.sha256()
+        parts = [
+            (fd, 0, p.data.offset),
+            (fs, p.data.size),
+            (tree, p.verity.size),
+            (fd, p.verity.offset + p.verity.size, p.total - p.verity.offset - p.verity.size),
+        ]
+        hasher = threading.Thread(target=_hash_parts, args=(h, parts), daemon=True)
+        hasher.start()
+        try:
+            _copy_into(fd, p.data, fs)
+            _copy_into(fd, p.verity, tree)
+        finally:
+            hasher.join()
+        return disk, h.hexdigest()
     finally:
         os.close(fd)
+
+
+def _hash_parts(h: Any, parts: list[tuple[Any, ...]]) -> None:
+    """Feed `h` the image in order: (fd, offset, size) of the image itself, or (Extent, slot
+    size) of a source, zero-padded to its slot."""
+    for part in parts:
+        if isinstance(part[0], Extent):
+            src, slot = part
+            with open(src.path, "rb") as f:
+                _hash_range(h, f.fileno(), src.offset, src.size)
+            _feed_zeros(h, slot - src.size)
+        else:
+            _hash_range(h, *part)
+
+
+def _hash_range(h: Any, fd: int, offset: int, size: int) -> None:
+    """Through mmap (no copy out of the page cache), one WINDOW at a time: resident memory
+    stays at a window whatever the image size."""
+    end = offset + size
+    while offset < end:
+        n = min(WINDOW, end - offset)
+        skew = offset % mmap.ALLOCATIONGRANULARITY
+        flags = mmap.MAP_SHARED | _MAP_POPULATE
+        with mmap.mmap(fd, n + skew, flags, mmap.PROT_READ, offset=offset - skew) as m:
+            with memoryview(m) as view:
+                h.update(view[skew:])
+        offset += n
+
+
+def _feed_zeros(h: Any, n: int) -> None:
+    zero = bytes(min(n, CHUNK))
+    while n > 0:
+        h.update(zero[: min(n, CHUNK)])
+        n -= CHUNK
 
 
 def write_around(
@@ -209,22 +260,20 @@ def copy_to_file(src: Extent, dest: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _finish(path: Path, fd: int, p: Plan, sig_json: bytes | None) -> tuple[gpt.Disk, str]:
-    """Size the file, write the signature partition and both GPTs; sha256 of the result."""
+def _frame(path: Path, fd: int, p: Plan, sig_json: bytes | None) -> gpt.Disk:
+    """Size the file and write the signature partition and both GPTs."""
     os.ftruncate(fd, p.total)  # zero-extends: partition padding and the gaps read as zeros
     if sig_json is not None:
         os.pwrite(fd, sig_json.ljust(p.parts[2].size, b"\0"), p.parts[2].offset)
-    disk = gpt.write(path, p.parts, p.disk_guid, p.total)
-    return disk, _sha256(fd, p.total)
+    return gpt.write(path, p.parts, p.disk_guid, p.total)
 
 
-def _sha256(fd: int, size: int) -> str:
-    """sha256 of the first `size` bytes, read through mmap (no copy out of the page cache)."""
+def _finish(path: Path, fd: int, p: Plan, sig_json: bytes | None) -> tuple[gpt.Disk, str]:
+    """_frame(), then the sha256 of the whole image."""
+    disk = _frame(path, fd, p, sig_json)
     h = hashlib.sha256()
-    if size:
-        with mmap.mmap(fd, size, mmap.MAP_SHARED | _MAP_POPULATE, mmap.PROT_READ) as m:
-            h.update(m)
-    return h.hexdigest()
+    _hash_range(h, fd, 0, p.total)
+    return disk, h.hexdigest()
 
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
