@@ -64,17 +64,23 @@ def _sha256_check(path: Path, expected: str) -> None:
 
 
 def _pick_output(release: dict[str, Any], want: str | None, where: str) -> dict[str, Any]:
-    outputs = {o.get("format"): o for o in release.get("outputs") or []}
-    for fmt in [want] if want else ["raw", "qcow2"]:
-        if fmt in outputs and outputs[fmt].get("file") and outputs[fmt].get("sha256"):
-            o = outputs[fmt]
-            if Path(o["file"]).name != o["file"]:
-                raise VerificationError(f"{where}: output file name {o['file']!r} has a path")
-            return o
-    raise InputError(
-        f"{where}: release.json lists no {want or 'raw or qcow2'} output",
-        hint="compose with outputs: [raw] (or set output: in the matrix)",
-    )
+    """The output a QEMU cell boots: `want`'s format (else raw, then qcow2), preferring the
+    qemu platform's image when a release has one per platform."""
+    formats = [want] if want else ["raw", "qcow2"]
+    usable = [
+        o for o in release.get("outputs") or []
+        if o.get("format") in formats and o.get("file") and o.get("sha256")
+    ]  # fmt: skip
+    usable.sort(key=lambda o: (formats.index(o["format"]), o.get("platform", "qemu") != "qemu"))
+    if not usable:
+        raise InputError(
+            f"{where}: release.json lists no {want or 'raw or qcow2'} output",
+            hint="compose with outputs: [raw] (or set output: in the matrix)",
+        )
+    o = usable[0]
+    if Path(o["file"]).name != o["file"]:
+        raise VerificationError(f"{where}: output file name {o['file']!r} has a path")
+    return o
 
 
 def _verify_release(out_dir: Path, cert: Path, used: set[str]) -> None:

@@ -92,3 +92,20 @@ def test_child_process_resolution_keeps_verdicts_and_error_kinds(tmp_path: Path)
         images.resolve_in_child({**ok, "sha256": sha(b"x")}, tmp_path / "cache")
     with pytest.raises(InputError, match="not found on this worker"):
         images.resolve_in_child({**ok, "location": str(tmp_path / "gone")}, tmp_path / "cache")
+
+
+def test_release_output_choice_prefers_raw_and_the_qemu_platform() -> None:
+    outs = [
+        {"format": "vhd", "platform": "azure", "file": "r.vhd", "sha256": "1"},
+        {"format": "qcow2", "platform": "qemu", "file": "r.qcow2", "sha256": "2"},
+        {"format": "raw", "platform": "azure", "file": "r-azure.bin", "sha256": "3"},
+        {"format": "raw", "platform": "qemu", "file": "r.bin", "sha256": "4"},
+    ]
+    assert images._pick_output({"outputs": outs}, None, "x")["file"] == "r.bin"
+    assert images._pick_output({"outputs": outs}, "qcow2", "x")["file"] == "r.qcow2"
+    assert images._pick_output({"outputs": outs[2:3]}, None, "x")["file"] == "r-azure.bin"
+    with pytest.raises(InputError, match="lists no raw or qcow2 output"):
+        images._pick_output({"outputs": outs[:1]}, None, "x")
+    bad = [{"format": "raw", "file": "../r.bin", "sha256": "5"}]
+    with pytest.raises(VerificationError, match="has a path"):
+        images._pick_output({"outputs": bad}, None, "x")
