@@ -6,18 +6,23 @@ Two ways in:
 - `pytest qemu-tests/ --image IMAGE [--release-json F]` boots one VM here, once per session,
   and tears it down at the end (also on Ctrl-C or failure).
 
-Without a release.json the release-specific checks skip with a reason, so the suites also run
-against a bare testbed image.
+With a release.json every collected test must pass: a skip is turned into a failure unless the
+test declared why it does not apply (`@pytest.mark.platform(...)`, see README.md). Without a
+release.json the release-specific checks skip with a reason, so the suites also run against a
+bare testbed image.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from acl_compose.boot.testing import NOT_APPLICABLE
 
 ENV_RELEASE = "ACL_COMPOSE_RELEASE_JSON"
 ENV_BOOT_SECONDS = "ACL_COMPOSE_BOOT_SECONDS"
@@ -36,6 +41,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "platform(*names, reason=None): the test applies only to guests booted for one of these "
+        "platforms (ignition.platform.id); elsewhere it is reported as not applicable",
+    )
     image = config.getoption("--image", default=None)
     if not image or getattr(config.option, "hosts", None):
         return
@@ -75,10 +85,67 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         vm.stop()
 
 
+def _release_path(config: pytest.Config) -> str | None:
+    return config.getoption("--release-json", default=None) or os.environ.get(ENV_RELEASE)
+
+
+# -- no silent skips ------------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """With a release.json, a skip the test did not declare (by marker) is a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or not _release_path(item.config):
+        return
+    if any(name == NOT_APPLICABLE for name, _ in item.user_properties):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped although a release.json was given ({reason}); every test must run against a "
+        "release, or declare why it does not apply (qemu-tests/README.md)"
+    )
+
+
+def guest_platform(host: Any) -> str:
+    """The platform the guest was booted for: Ignition's platform id, else Flatcar's OEM id."""
+    args = dict(
+        a.split("=", 1) for a in host.file("/proc/cmdline").content_string.split() if "=" in a
+    )
+    return args.get("ignition.platform.id") or args.get("flatcar.oem.id") or "metal"
+
+
+@pytest.fixture(autouse=True)
+def _declared_applicability(request: pytest.FixtureRequest) -> None:
+    """`@pytest.mark.platform("azure", reason=...)`: not applicable on other platforms.
+
+    The reason is recorded as the JUnit property `not_applicable`, which `acl-compose test`
+    accepts (and lists) where it fails every other skip.
+    """
+    marker = request.node.get_closest_marker("platform")
+    if marker is None:
+        return
+    if "host" not in request.fixturenames:
+        pytest.fail("a test marked platform(...) must take testinfra's `host` fixture")
+    platform = guest_platform(request.getfixturevalue("host"))
+    if platform in marker.args:
+        return
+    why = f"applies to platform {'/'.join(marker.args)} only; this guest is {platform}"
+    if marker.kwargs.get("reason"):
+        why += f" ({marker.kwargs['reason']})"
+    request.node.user_properties.append((NOT_APPLICABLE, why))
+    pytest.skip(f"not applicable: {why}")
+
+
+# -- what the release promises ----------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def release(pytestconfig: pytest.Config) -> dict[str, Any] | None:
     """release.json's content, or None when none was given."""
-    path = pytestconfig.getoption("--release-json", default=None) or os.environ.get(ENV_RELEASE)
+    path = _release_path(pytestconfig)
     if not path:
         return None
     return json.loads(Path(path).read_text())
@@ -102,6 +169,32 @@ def image_path() -> Path | None:
 def boot_seconds() -> float | None:
     value = os.environ.get(ENV_BOOT_SECONDS)
     return float(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def baked_ignition(image_path: Path | None, release: dict[str, Any] | None) -> dict[str, Any]:
+    """The Ignition config baked into the image (OEM base/base.ign, read offline on the host).
+
+    With a release.json it must be there and hash to the recorded sha256; an image that bakes
+    none gives an empty config (nothing is declared, so nothing is expected).
+    """
+    if image_path is None:
+        pytest.skip("image path unknown: run via `acl-compose test` or `pytest --image`")
+    from acl_compose.compose import inspect
+    from acl_compose.image import gpt
+
+    with tempfile.TemporaryDirectory(prefix="acl-qemu-tests-") as tmp:
+        with inspect.raw_view(image_path, Path(tmp)) as raw:
+            oem = inspect.read_oem(raw, gpt.read(raw), Path(tmp))
+    entry = oem["configs"].get("base/base.ign")
+    expected = ((release or {}).get("ignition") or {}).get("sha256")
+    if entry is None:
+        assert not expected, "release.json records an Ignition config, the image bakes none"
+        return {"ignition": {"version": "3.3.0"}}
+    if expected:
+        assert entry["sha256"] == expected, "OEM base/base.ign differs from release.json"
+    assert entry["config"] is not None, "OEM base/base.ign is not valid JSON"
+    return entry["config"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -41,7 +42,26 @@ pytest_plugins = [
     "tests.fixtures_sources",
     "tests.fixtures_testbed",
     "tests.fixtures_compose",
+    "tests.fixtures_negative",
 ]
+# CI (.ci/run) sets this: an integration test that cannot run (not root, a missing tool...)
+# is then a failure, not a skip, so a green CI run means every integration test ran.
+STRICT_SKIPS = "ACL_COMPOSE_STRICT_SKIPS"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if (
+        report.skipped
+        and os.environ.get(STRICT_SKIPS) == "1"
+        and item.get_closest_marker("integration") is not None
+        and not hasattr(report, "wasxfail")
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"integration test skipped while {STRICT_SKIPS}=1 (CI): {reason}"
 
 
 def run_cli(

@@ -5,7 +5,8 @@
   a verity tree after the filesystem, btrfs OEM, ext4 ROOT), for fast tests of fs/compose.
 - `release_key`: a release signing key + certificate made by `acl-compose keys generate`.
 - `composed_release`: the testbed (served on loopback) composed once per session with the
-  product bundles and both Ignition configs; reused by the boot helper's integration tests.
+  product bundles, both product Ignition configs and tests/data/boot/qa-ignition.yaml;
+  reused by the boot integration tests, which require every qemu-test to pass on it.
 """
 
 from __future__ import annotations
@@ -218,7 +219,8 @@ def _testbed_source(request: pytest.FixtureRequest) -> BaseSource:
 @pytest.fixture(scope="session")
 def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
                      release_key: tuple[Path, Path]) -> ComposedRelease:  # fmt: skip
-    """The testbed composed with the product bundles and both Ignition configs (once)."""
+    """The testbed composed with the product bundles, the product's Ignition configs and the
+    QA config (once)."""
     import json
 
     from tests.conftest import run_cli
@@ -237,9 +239,12 @@ def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         key=key,
         cert=cert,
         sysexts=[REPO / "sysext" / name for name in PRODUCT_SYSEXTS],
-        ignition=[REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"],
+        # Plus the QA config, so the qemu-tests check users, ownership, gzip/base64 contents
+        # and hard links too (the product's configs declare none of these).
+        ignition=[REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml",
+                  REPO / "tests" / "data" / "boot" / "qa-ignition.yaml"],
         outputs=("raw", "qcow2"),  # the qemu platform's (the testbed has no oem-azure.raw yet)
-    )
+    )  # fmt: skip
     out = d / "out"
     cache = _compose_cache(tmp_path_factory)
     run_cli("--cache-dir", cache, "compose", manifest, "-o", out, check=True)
@@ -256,8 +261,9 @@ def _compose_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def canary_release(composed_release: ComposedRelease,
                    tmp_path_factory: pytest.TempPathFactory) -> Path:  # fmt: skip
-    """The testbed composed with the pkgmgr-canary bundle (ships /usr/bin/dpkg on purpose):
-    the negative image for the boot tests and the matrix's planted regression."""
+    """The testbed composed with the pkgmgr-canary bundle (ships /usr/bin/pip3 and /usr/bin/dpkg
+    on purpose): the matrix's planted regression. The boot tests' negative image, bad in more
+    ways, is `negative_release` (tests/fixtures_negative.py)."""
     import yaml
 
     from tests.conftest import run_cli

@@ -4,8 +4,11 @@
 directory), UEFI firmware by default (OVMF with a private copy of its variables), KVM only
 when a short probe proved a guest really runs on it (nested KVM here accepts guests and then
 hangs), the Ignition user config passed by fw_cfg, an ephemeral SSH key for user `core` and a
-port forward on 127.0.0.1. QEMU runs in its own process group, which is killed on exit,
-Ctrl-C, SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
+port forward on 127.0.0.1. The guest's network is QEMU user networking with restrict=on: it
+reaches only what is forwarded. The serial console is watched while waiting, so a panic, an
+emergency shell or dm-verity corruption fails the boot at once with the lines that matter.
+QEMU runs in its own process group, which is killed on exit, Ctrl-C, SIGTERM and (via
+PR_SET_PDEATHSIG) when this process dies.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,12 +43,30 @@ FW_CFG_NAMES = ("opt/org.flatcar-linux/config", "opt/com.coreos/config")
 FIRMWARES = ("uefi", "bios", "kernel")
 # Seconds to reach SSH; TCG emulates every instruction, so it gets far more room.
 BOOT_TIMEOUT = {"kvm": 240.0, "tcg": 900.0}
-# Console lines after which waiting longer for SSH is pointless.
+# Console lines after which waiting longer for SSH is pointless, and what they mean. systemd
+# shortens unit names on the console ("init…arget"), so initrd targets match by description too.
 FATAL_CONSOLE = (
-    "Kernel panic - not syncing",
-    "Entering emergency mode",
-    "You are in emergency mode",
-    "Reached target emergency.target",
+    ("kernel panic", re.compile(r"Kernel panic - not syncing")),
+    (
+        "emergency shell",
+        re.compile(
+            r"Entering emergency mode|You are in emergency mode"
+            r"|Reached target .*(emergency\.target|Emergency Mode)"
+            r'|Generating "/run/initramfs/rdsosreport\.txt"'
+        ),
+    ),
+    (
+        "initrd target failed, the emergency shell follows",
+        re.compile(r"Dependency failed for .*(initrd[-\w]*\.target|Initrd )"),
+    ),
+    (
+        "dm-verity corruption",
+        re.compile(r"device-mapper: verity: .*(data|metadata) block \d+ is corrupted"),
+    ),
+)
+# Lines worth showing with a fatal one: what failed on the way there.
+CONSOLE_CONTEXT = re.compile(
+    r"\[FAILED\]|\[DEPEND\]|Failed to |corrupted|Kernel panic|Call Trace|BUG:|emergency"
 )
 _ANSI = re.compile(rb"\x1b\[[0-9;?=]*[A-Za-z]")
 
@@ -183,6 +205,7 @@ class VM:
         name: str = "vm",
         boot_timeout: float | None = None,
         extra_args: list[str] | None = None,
+        net_options: list[str] | None = None,
     ) -> None:
         self.image = Path(image).resolve()
         if not self.image.is_file():
@@ -200,6 +223,11 @@ class VM:
         self.name = name
         self.boot_timeout = boot_timeout
         self.extra_args = list(extra_args or [])
+        # Extra `-netdev user` options (e.g. a guestfwd to a loopback stand-in); the guest
+        # stays restricted to what is forwarded, so nothing may turn restrict off.
+        self.net_options = list(net_options or [])
+        if any(o.replace(" ", "").startswith("restrict=") for o in self.net_options):
+            raise InputError("net_options may not set restrict=", hint="guests stay isolated")
         self.workdir: Path | None = None
         self.console_log = Path(console_log).resolve() if console_log else None
         self.accel = ""
@@ -213,6 +241,9 @@ class VM:
         self.result: BootResult | None = None
         self._old_sigterm: Any = None
         self._console_pos = 0
+        self._console_context: deque[str] = deque(maxlen=12)
+        self.fatal_line: str | None = None
+        self.fatal_kind = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -323,10 +354,15 @@ class VM:
         stderr_path = self.workdir / "qemu.stderr"
         for _ in range(attempts):
             argv = list(self._base_argv)
-            if self.want_ssh:
-                self.port = free_port()
-                fwd = f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22"
-                argv += ["-netdev", fwd, "-device", "virtio-net-pci,netdev=net0"]
+            if self.want_ssh or self.net_options:
+                # restrict=on: the guest reaches nothing but the forwards (no DNS, NTP or
+                # HTTP leaves the host; connections elsewhere are reset at once).
+                netdev = ["user", "id=net0", "restrict=on"]
+                if self.want_ssh:
+                    self.port = free_port()
+                    netdev.append(f"hostfwd=tcp:127.0.0.1:{self.port}-:22")
+                netdev += self.net_options
+                argv += ["-netdev", ",".join(netdev), "-device", "virtio-net-pci,netdev=net0"]
             log.debug("qemu: %s", " ".join(argv))
             self.console_log.write_bytes(b"")
             with open(stderr_path, "wb") as err:
@@ -349,7 +385,8 @@ class VM:
                     self.ssh_config.write_text(ssh_config_text(self.port, self.key))  # type: ignore[arg-type]
                 return
             err_text = stderr_path.read_text(errors="replace")
-            if "hostfwd" in err_text or "forwarding rule" in err_text:
+            # QEMU echoes the whole -netdev, so match its clash message, not "hostfwd".
+            if "host forwarding rule" in err_text:
                 log.debug("port %d clashed, retrying", self.port)
                 continue
             raise BootError(f"qemu exited at start: {err_text.strip().splitlines()[-1:]}")
@@ -394,7 +431,9 @@ class VM:
         return "\n".join(text.replace("\r", "").splitlines()[-lines:])
 
     def console_fatal(self) -> str | None:
-        """The first fatal console line printed since the last call (emergency shell, panic)."""
+        """The first fatal console line (see FATAL_CONSOLE); once seen, always returned."""
+        if self.fatal_line is not None:
+            return self.fatal_line
         if not self.console_log or not self.console_log.exists():
             return None
         with open(self.console_log, "rb") as f:
@@ -404,10 +443,28 @@ class VM:
         cut = chunk.rfind(b"\n") + 1
         self._console_pos += cut
         text = _ANSI.sub(b"", chunk[:cut]).decode(errors="replace")
-        for line in text.splitlines():
-            if any(marker in line for marker in FATAL_CONSOLE):
-                return line.strip()
+        for raw in text.splitlines():
+            line = raw.strip()
+            kind = next((k for k, pattern in FATAL_CONSOLE if pattern.search(line)), None)
+            if kind:
+                self._console_context.append(line)
+                self.fatal_line, self.fatal_kind = line, kind
+                return line
+            if CONSOLE_CONTEXT.search(line):
+                self._console_context.append(line)
         return None
+
+    def console_lines(self) -> list[str]:
+        """The console lines that explain a failed boot: what failed, then the fatal line."""
+        return list(self._console_context)
+
+    def _fatal_error(self) -> BootError:
+        seconds = time.monotonic() - self.started
+        shown = "".join(f"\n  | {line}" for line in self.console_lines())
+        return BootError(
+            f"guest failed to boot after {seconds:.0f}s ({self.fatal_kind}): {self.fatal_line!r}; "
+            f"console: {self.console_log}{shown}"
+        )
 
     def ssh(
         self,
@@ -447,29 +504,23 @@ class VM:
         deadline = self.started + timeout
         state = ""
         while True:
-            if not self.alive():
+            alive = self.alive()  # before the scan, so a dying guest's last lines are read
+            if self.console_fatal():
+                raise self._fatal_error()
+            if not alive:
+                shown = "".join(f"\n  | {line}" for line in self.console_lines())
                 raise BootError(
                     f"qemu exited with status {self.proc.returncode if self.proc else '?'} "
-                    f"before SSH answered; console: {self.console_log}",
+                    f"before SSH answered; console: {self.console_log}{shown}",
                 )
-            fatal = self.console_fatal()
-            if fatal:
-                raise BootError(f"guest failed to boot: {fatal!r}; console: {self.console_log}")
             if time.monotonic() > deadline:
                 raise BootTimeout(
                     f"no healthy SSH after {timeout:g}s under {self.accel} (last state "
                     f"{state or 'unreachable'}); console: {self.console_log}"
                 )
-            try:
-                # slirp accepts at once and the banner never comes while the guest boots:
-                # bound each attempt by the time left.
-                left = int(max(1, min(10, deadline - time.monotonic())))
-                proc = self.ssh(
-                    "systemctl is-system-running", timeout=30, connect_timeout=left, retries=0
-                )
-                state = proc.stdout.decode(errors="replace").strip()
-            except ToolError:
-                state = ""
+            # slirp accepts at once and the banner never comes while the guest boots:
+            # bound each attempt by the time left.
+            state = self._probe_state(int(max(1, min(10, deadline - time.monotonic()))))
             if state in ("running", "degraded"):
                 break
             if state in ("maintenance", "stopping", "offline"):
@@ -482,6 +533,27 @@ class VM:
             failed = [ln.split()[0] for ln in out.stdout.decode().splitlines() if ln.split()]
         self.result = BootResult(seconds=seconds, state=state, failed_units=failed)
         return self.result
+
+    def _probe_state(self, connect_timeout: int) -> str:
+        """`systemctl is-system-running` over SSH, or "" while SSH does not answer.
+
+        A Popen polled here rather than run(): the console is watched while ssh waits, so a
+        guest that drops to the emergency shell fails the boot at once, not after the attempt.
+        """
+        argv = ["ssh", "-F", str(self.ssh_config), "-o", f"ConnectTimeout={connect_timeout}"]
+        argv += ["vm", "systemctl is-system-running"]
+        deadline = time.monotonic() + connect_timeout + 30
+        with subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        ) as proc:
+            while proc.poll() is None:
+                if self.console_fatal() or not self.alive() or time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    return ""
+                time.sleep(0.25)
+            out = proc.stdout.read() if proc.stdout else b""
+        return out.decode(errors="replace").strip()
 
     def write_ssh_config(self, path: str | os.PathLike[str], host: str = "vm") -> Path:
         """Copy the VM's ssh_config (pointing at the key in the VM's temp dir) to `path`."""

@@ -6,6 +6,10 @@ drops `--ssh-extra-args`, so every option lives in the ssh_config), and tears ev
 whatever happens. Test files are dealt round-robin across the VMs and the JUnit files merged.
 The suites learn the release and boot time through environment variables, so a suite folder
 without qemu-tests' conftest still runs (it just gets testinfra's `host`).
+
+With a release.json every collected test must pass: a skip fails the run unless the test
+declared why it does not apply, which qemu-tests' conftest records as the JUnit property
+`not_applicable` (e.g. from `@pytest.mark.platform("azure")`); those are listed, not failed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ ENV_BOOT_SECONDS = "ACL_COMPOSE_BOOT_SECONDS"
 ENV_IMAGE = "ACL_COMPOSE_IMAGE"
 ENV_CONSOLE = "ACL_COMPOSE_CONSOLE_LOG"
 ENV_FAILED_UNITS = "ACL_COMPOSE_FAILED_UNITS"
+# The JUnit <property> of a test that declared why it does not apply to this guest.
+NOT_APPLICABLE = "not_applicable"
 
 
 def default_suite_dir() -> Path:
@@ -69,13 +75,20 @@ class SuiteResult:
     failed_units: list[str] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
     failed_tests: list[str] = field(default_factory=list)
+    undeclared_skips: list[str] = field(default_factory=list)
+    not_applicable: list[str] = field(default_factory=list)
     accel: str = ""
     firmware: str = ""
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not self.counts.failures and not self.counts.errors
+        return (
+            self.returncode == 0
+            and not self.counts.failures
+            and not self.counts.errors
+            and not self.undeclared_skips
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +96,8 @@ class SuiteResult:
             "junit_xml": str(self.junit_xml),
             **self.counts.to_json(),
             "failed_tests": self.failed_tests,
+            "undeclared_skips": self.undeclared_skips,
+            "not_applicable": self.not_applicable,
             "boot_to_ssh_seconds": [round(s, 1) for s in self.boot_seconds],
             "failed_units": self.failed_units,
             "artifacts": [str(a) for a in self.artifacts],
@@ -107,6 +122,22 @@ def read_junit(path: Path) -> tuple[Counts, list[str]]:
             if case.find("failure") is not None or case.find("error") is not None:
                 failed.append(f"{case.get('classname')}::{case.get('name')}")
     return counts, failed
+
+
+def skipped_cases(path: Path) -> list[tuple[str, str, str | None]]:
+    """(test, skip message, declared reason or None) for every skipped test in a JUnit file."""
+    out = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        skipped = case.find("skipped")
+        if skipped is None:
+            continue
+        declared = next(
+            (p.get("value") for p in case.iter("property") if p.get("name") == NOT_APPLICABLE),
+            None,
+        )
+        message = skipped.get("message") or (skipped.text or "").strip()
+        out.append((f"{case.get('classname')}::{case.get('name')}", message, declared))
+    return out
 
 
 def merge_junit(parts: list[Path], dest: Path) -> None:
@@ -283,6 +314,11 @@ def run_suites(
         if n > 1:
             merge_junit(parts, junit_xml)
         result.counts, result.failed_tests = read_junit(junit_xml)
+        for name, message, declared in skipped_cases(junit_xml):
+            if declared:
+                result.not_applicable.append(f"{name}: {declared}")
+            elif release_json is not None:  # a release says what must hold: no skipping it
+                result.undeclared_skips.append(f"{name}: {message}")
         result.returncode = max(codes)
         if not result.ok:
             for vm in vms:

@@ -208,16 +208,24 @@ def test_cmd(
     lines = [
         f"{c.passed} passed, {c.failures} failed, {c.errors} errors, {c.skipped} skipped "
         f"({result.accel}, {result.firmware}; boot-to-SSH {boots}; {result.seconds:.0f}s total)",
+        *[f"not applicable: {n}" for n in result.not_applicable],
+        *[f"skipped without a declared reason: {n}" for n in result.undeclared_skips],
         f"JUnit XML: {result.junit_xml}",
         *[f"artifact: {a}" for a in result.artifacts if a.exists()],
     ]
     app.emit(result.to_json(), lines)
     if not result.ok:
-        names = ", ".join(result.failed_tests[:5]) or f"pytest exit status {result.returncode}"
-        raise VerificationError(
-            f"qemu-tests failed: {names}",
-            hint=f"see {result.junit_xml} and the console log beside it",
-        )
+        skips = [n.split(": ", 1)[0] + " (skipped)" for n in result.undeclared_skips]
+        bad = result.failed_tests + skips
+        names = ", ".join(bad[:5]) or f"pytest exit status {result.returncode}"
+        hint = f"see {result.junit_xml} and the console log beside it"
+        if result.undeclared_skips and not result.failed_tests:
+            hint = (
+                "with a release.json every test must run: make the image satisfy it, or mark "
+                'a test that cannot apply (e.g. @pytest.mark.platform("azure")), see '
+                "qemu-tests/README.md"
+            )
+        raise VerificationError(f"qemu-tests failed: {names}", hint=hint)
 
 
 COMMANDS: list[click.Command] = [boot_cmd, test_cmd]

@@ -16,27 +16,18 @@ from acl_compose.errors import PolicyError
 # systemd-sysext merges only these hierarchies; anything else is silently ignored at boot.
 MERGED = ("usr", "opt")
 
+# Commands of package managers and language-level installers. qemu-tests/test_immutable.py
+# keeps its own list for the booted host; tests/sysext/test_policy.py checks this one covers it.
 PACKAGE_MANAGERS = frozenset(
-    {
-        "rpm",
-        "dnf",
-        "dnf4",
-        "dnf5",
-        "yum",
-        "tdnf",
-        "microdnf",
-        "apt",
-        "apt-get",
-        "aptitude",
-        "dpkg",
-        "emerge",
-        "zypper",
-        "pacman",
-        "apk",
-        "snap",
-        "flatpak",
-    }
+    """
+    apt apt-get apt-cache aptitude dpkg dpkg-deb
+    rpm rpm-ostree dnf dnf4 dnf5 microdnf tdnf yum zypper
+    pacman apk opkg xbps-install emerge ebuild equery
+    nix nix-env snap flatpak pip pip3 easy_install gem npm
+    """.split()
 )
+# Python's installers as modules: with them any Python on the host can install packages.
+PYTHON_INSTALLERS = ("pip", "ensurepip")
 # Package databases: where a package manager records what it installed.
 PACKAGE_DATABASES = (
     "var/lib/dpkg",
@@ -46,6 +37,7 @@ PACKAGE_DATABASES = (
     "lib/apk/db",
     "var/lib/apt",
     "var/lib/dnf",
+    "var/db/pkg",
 )
 
 
@@ -126,6 +118,11 @@ def check_tree(
             # shell-completion file that happens to be called "apt").
             in_bin = posixpath.basename(posixpath.dirname(rel)) in ("bin", "sbin")
             runnable = stat.S_ISLNK(mode) or (stat.S_ISREG(mode) and mode & 0o111)
+            if db is None and stat.S_ISDIR(mode) and _python_installer(rel, name):
+                found.append(
+                    Violation(path, "package-manager", f"Python installer {name!r} is not allowed")
+                )
+                continue
             if (
                 db is None
                 and name in PACKAGE_MANAGERS
@@ -159,6 +156,14 @@ def check_tree(
                 Violation(path, "setuid", f"{bits} bit set (mode {stat.S_IMODE(mode):04o})")
             )
     return found
+
+
+def _python_installer(rel: str, name: str) -> bool:
+    """A pip/ensurepip package (or pip's metadata) in a Python library directory."""
+    installer = name in PYTHON_INSTALLERS or (
+        name.startswith("pip-") and name.endswith(".dist-info")
+    )
+    return installer and "python" in posixpath.dirname(rel)
 
 
 def enforce(

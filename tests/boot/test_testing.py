@@ -1,14 +1,14 @@
 """`acl-compose test`: JUnit handling (unit) and real runs against composed images (integration).
 
 The integration tests boot the composed testbed under TCG through UEFI (about a minute or
-more per boot here), so they share the compose helper's session fixture and keep boots few:
-one `--parallel 2` run where everything must pass, one canary run that must fail (the
-`canary_release` fixture is in tests/fixtures_compose.py), one
-interrupted boot.
+more per boot here), so they share session fixtures and keep boots few: one `--parallel 2` run
+where every qemu-test must pass, one run of the negative image (tests/fixtures_negative.py)
+where exactly the expected qemu-tests must fail, one interrupted boot.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +77,91 @@ def test_qemu_tests_collect_without_a_vm() -> None:
         assert name in proc.stdout
 
 
+SKIP_SUITE = """
+import pytest
+
+def test_passes(host):
+    assert host.file("/").is_directory
+
+def test_skips_on_its_own(host):
+    pytest.skip("nothing to check here")
+
+@pytest.mark.platform("no-such-platform", reason="needs that cloud's metadata service")
+def test_elsewhere(host):
+    raise AssertionError("must not run on this platform")
+"""
+
+
+@pytest.mark.parametrize("with_release", [True, False])
+def test_skips_fail_unless_declared(tmp_path: Path, with_release: bool) -> None:
+    """With a release.json an undeclared skip fails; a platform marker is recorded and allowed.
+
+    Runs qemu-tests' conftest for real on testinfra's local backend (no VM).
+    """
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text((QEMU_TESTS / "conftest.py").read_text())
+    (suite / "test_rule.py").write_text(SKIP_SUITE)
+    release = tmp_path / "release.json"
+    release.write_text("{}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACL_COMPOSE_")}
+    if with_release:
+        env["ACL_COMPOSE_RELEASE_JSON"] = str(release)
+    junit = tmp_path / "junit.xml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(suite), "--hosts=local://", f"--junit-xml={junit}",
+         "-o", "junit_family=xunit1", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=REPO, env=env,
+    )  # fmt: skip
+    cases = _cases(junit)
+    status = {n.removesuffix("[local]"): _status(c) for n, c in cases.items()}
+    skips = {
+        n.split("::")[1].removesuffix("[local]"): d for n, _, d in testing.skipped_cases(junit)
+    }
+    assert status["test_passes"] == "passed", proc.stdout
+    assert status["test_elsewhere"] == "skipped"
+    assert "applies to platform no-such-platform only" in skips["test_elsewhere"]
+    assert "needs that cloud's metadata service" in skips["test_elsewhere"]
+    if with_release:
+        assert status["test_skips_on_its_own"] == "failure", proc.stdout
+        assert proc.returncode == 1
+        assert "skipped although a release.json was given" in proc.stdout
+    else:
+        assert status["test_skips_on_its_own"] == "skipped"
+        assert skips["test_skips_on_its_own"] is None  # undeclared: the harness would fail it
+        assert proc.returncode == 0
+
+
+def test_qa_ignition_exercises_every_encoding() -> None:
+    """The QA config the boot tests compose yields percent, base64 and gzip data URLs, a user
+    with uid/home/shell/groups/keys, owned files, both kinds of link and an enabled unit."""
+    from acl_compose import ignition
+
+    config = ignition.load(REPO / "tests" / "data" / "boot" / "qa-ignition.yaml")
+    files = {f["path"]: f["contents"] for f in config["storage"]["files"]}
+    percent, b64, gz = (files[f"/etc/acl-qa/{n}"] for n in ("percent.conf", "base64.txt",
+                                                              "gzip.txt"))  # fmt: skip
+    assert percent["source"].startswith("data:,") and not percent.get("compression")
+    assert b64["source"].startswith("data:;base64,") and not b64.get("compression")
+    assert gz["source"].startswith("data:;base64,") and gz["compression"] == "gzip"
+    user = config["passwd"]["users"][0]
+    assert {"uid", "homeDir", "shell", "groups", "sshAuthorizedKeys", "primaryGroup"} <= set(user)
+    assert {bool(link.get("hard")) for link in config["storage"]["links"]} == {True, False}
+    assert config["systemd"]["units"][0]["enabled"] is True
+
+
+def test_negative_grub_cfg_drops_verity_last() -> None:
+    from tests.fixtures_negative import unverified_usr_grub_cfg
+
+    cfg = unverified_usr_grub_cfg('set oem_id="qemu"\n', "7130C94A-213A-4E5A-8E26-6CCE9662F132")
+    assert cfg.startswith('set oem_id="qemu"\n')
+    last = cfg.splitlines()[-1]
+    assert last == (
+        'set linux_append="$linux_append verity.usr= verity.usrhash= '
+        'mount.usr=PARTUUID=7130c94a-213a-4e5a-8e26-6cce9662f132"'
+    )
+
+
 def test_missing_image_is_an_input_error(tmp_path: Path) -> None:
     proc = run_cli("test", tmp_path / "nope.bin", check=False)
     assert proc.returncode == 2 and "nope.bin" in proc.stderr
@@ -100,6 +185,7 @@ def _status(case: ET.Element) -> str:
 
 @pytest.mark.integration
 def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) -> None:
+    """Every collected qemu-test passed: none failed, none skipped, none left out."""
     junit = tmp_path / "results" / "junit.xml"
     proc = run_cli(
         "--cache-dir", tmp_path / "cache", "--json", "test", composed_release.raw,
@@ -107,30 +193,14 @@ def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) 
         "--parallel", "2", "--cpus", "1",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    result = json.loads(proc.stdout)
+    assert result["undeclared_skips"] == [] and result["not_applicable"] == []
     counts, failed = testing.read_junit(junit)
     assert failed == [] and counts.failures == 0 and counts.errors == 0
     cases = _cases(junit)
-    # The release-specific checks ran (not skipped): they had a release.json to read.
-    must_pass = [
-        "test_no_package_manager_on_path_or_in_usr_opt[ssh://vm]",
-        "test_no_package_databases[ssh://vm]",
-        "test_usr_backed_by_dm_verity[ssh://vm]",
-        "test_usr_mounted_read_only[ssh://vm]",
-        "test_sysexts_merged[ssh://vm]",
-        "test_sysext_files_visible[ssh://vm]",
-        "test_sysext_verity_activated[ssh://vm]",
-        "test_sysext_images_placed_and_intact[ssh://vm]",
-        "test_no_failed_units[ssh://vm]",
-        # The node runs containers (qemu-tests/test_containers.py).
-        "test_containerd_active[ssh://vm]",
-        "test_containerd_configured_for_kubernetes[ssh://vm]",
-        "test_preloaded_images_imported_and_run[ssh://vm]",
-        "test_container_writes_to_bind_mount[ssh://vm]",
-        "test_container_with_read_only_root[ssh://vm]",
-        "test_container_storage_on_root_not_usr[ssh://vm]",
-    ]
-    for name in must_pass:
-        assert name in cases and _status(cases[name]) == "passed", (name, sorted(cases))
+    not_passed = {name: _status(c) for name, c in cases.items() if _status(c) != "passed"}
+    assert not not_passed, not_passed
+    assert counts.tests == counts.passed == len(cases) == len(_collected()), sorted(cases)
     # Both VMs ran a share, and each suite records its boot-to-SSH time.
     suites = ET.parse(junit).getroot().findall("testsuite")
     assert len(suites) == 2
@@ -143,26 +213,85 @@ def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) 
         assert "systemd" in journal
 
 
-@pytest.mark.integration
-def test_package_manager_canary_fails_the_immutable_suite(canary_release, tmp_path: Path) -> None:
-    raw = next(canary_release.glob("*.bin"))
-    junit = tmp_path / "junit.xml"
-    proc = run_cli(
-        "--cache-dir", tmp_path / "cache", "test", raw,
-        "--release-json", canary_release / "release.json",
-        "--suite", QEMU_TESTS / "test_immutable.py", "--junit-xml", junit,
+def _collected() -> list[str]:
+    """Every qemu-test pytest collects (testinfra's local backend; nothing runs)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(QEMU_TESTS), "--collect-only", "-q",
+         "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stdout + proc.stderr[-4000:]
-    assert "test_no_package_manager_on_path_or_in_usr_opt" in proc.stderr
-    counts, failed = testing.read_junit(junit)
-    assert len(failed) == 1
-    assert failed[0].endswith(
-        "test_immutable::test_no_package_manager_on_path_or_in_usr_opt[ssh://vm]"
-    )
-    assert counts.failures == 1 and counts.errors == 0
-    assert counts.tests == len(_cases(junit)) and counts.passed >= 4
-    message = _cases(junit)["test_no_package_manager_on_path_or_in_usr_opt[ssh://vm]"]
-    assert "/usr/bin/dpkg" in ET.tostring(message, encoding="unicode")
+    return [ln for ln in proc.stdout.splitlines() if "::" in ln]
+
+
+# ---------------------------------------------------------------------------------------------
+# Negative proofs: the known-bad image of tests/fixtures_negative.py, booted once. Each qemu-test
+# below must be red on it, and nothing else may be.
+
+EXPECTED_RED = {
+    "test_immutable::test_usr_backed_by_dm_verity",
+    "test_immutable::test_usr_root_hash_matches_release_and_kernel",
+    "test_immutable::test_no_package_manager_on_path_or_in_usr_opt",
+    "test_ignition::test_users_and_groups",
+}
+
+
+@pytest.mark.integration
+def test_negative_usr_without_verity_is_red(negative_run) -> None:
+    """OEM grub.cfg mounts USR-A without dm-verity: the verity checks say what /usr is on."""
+    for name in ("test_usr_backed_by_dm_verity", "test_usr_root_hash_matches_release_and_kernel"):
+        assert negative_run.status(name) == "failure", negative_run.message(name)
+        assert "not on a device-mapper device" in negative_run.message(name)
+    assert negative_run.status("test_usr_mounted_read_only") == "passed"
+
+
+@pytest.mark.integration
+def test_negative_pip3_sysext_is_red(negative_run) -> None:
+    """A sysext shipping /usr/bin/pip3: found, and attributed to its extension."""
+    name = "test_no_package_manager_on_path_or_in_usr_opt"
+    assert negative_run.status(name) == "failure"
+    message = negative_run.message(name)
+    assert "/usr/bin/pip3 (extension pkgmgr-canary)" in message, message
+    assert "/usr/bin/dpkg (extension pkgmgr-canary)" in message, message
+    # The extension itself is otherwise fine: merged through dm-verity like any other.
+    assert negative_run.status("test_sysext_verity_activated") == "passed"
+
+
+@pytest.mark.integration
+def test_negative_wrong_uid_is_red(negative_run) -> None:
+    """A user config gives the baked user acl-qa another uid than the declared one."""
+    name = "test_users_and_groups"
+    assert negative_run.status(name) == "failure"
+    assert "user acl-qa: uid 1601, declared 1600" in negative_run.message(name)
+
+
+@pytest.mark.integration
+def test_negative_image_red_exactly_where_expected(negative_release, negative_run) -> None:
+    """`acl-compose test` fails, names the red tests, and every other qemu-test passed; the
+    same release passes `acl-compose verify`: only the boot tests catch what is wrong."""
+    assert negative_run.returncode == 1, negative_run.stderr[-3000:]
+    result = json.loads(negative_run.stdout) if negative_run.stdout.strip() else {}
+    red = _short_names(result.get("failed_tests", []))
+    assert red == EXPECTED_RED, red
+    assert result["undeclared_skips"] == []
+    others = {n: negative_run.status(n) for n in negative_run.cases}
+    expected = {n.split("::")[1] for n in EXPECTED_RED}
+    wrong = {n: s for n, s in others.items() if s != "passed" and _short(n) not in expected}
+    assert not wrong, wrong
+    assert "error: qemu-tests failed:" in negative_run.stderr
+    verify = run_cli("verify", negative_release.out_dir, "--cert", negative_release.cert)
+    assert verify.returncode == 0, verify.stderr
+
+
+def _short(case_name: str) -> str:
+    return case_name.removesuffix("[ssh://vm]")
+
+
+def _short_names(failed: list[str]) -> set[str]:
+    """`qemu-tests.test_x::test_y[ssh://vm]` (JUnit classname::name) -> `test_x::test_y`."""
+    return {
+        f"{cls.rsplit('.', 1)[-1]}::{_short(name)}"
+        for cls, _, name in (f.partition("::") for f in failed)
+    }
 
 
 def _children(pid: int) -> list[int]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import stat
+import sys
 import textwrap
 from pathlib import Path
 
@@ -14,7 +16,9 @@ from acl_compose import sysext
 from acl_compose.errors import InputError, PolicyError
 from acl_compose.sysext.bundle import load_bundle
 from acl_compose.sysext.policy import check_tree
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
+
+QEMU_IMMUTABLE = REPO / "qemu-tests" / "test_immutable.py"
 
 
 def _bundle(tmp_path: Path, body: str, files: dict[str, str] | None = None) -> Path:
@@ -228,6 +232,10 @@ def test_policy_setgid_in_source(tmp_path: Path, cache_dir: Path) -> None:
         "/usr/sbin/rpm",
         "/opt/bin/pacman",
         "/usr/local/bin/flatpak",
+        "/usr/bin/pip3",
+        "/opt/bin/opkg",
+        "/usr/bin/rpm-ostree",
+        "/usr/sbin/xbps-install",
     ],
 )
 def test_policy_package_manager(tmp_path: Path, cache_dir: Path, path: str) -> None:
@@ -237,10 +245,43 @@ def test_policy_package_manager(tmp_path: Path, cache_dir: Path, path: str) -> N
     assert f"sysext.yaml:4: {path}: package manager '{name}' is not allowed" in msg
 
 
-@pytest.mark.parametrize("db", ["var/lib/dpkg", "var/lib/rpm", "usr/lib/sysimage/rpm"])
+@pytest.mark.parametrize(
+    "db", ["var/lib/dpkg", "var/lib/rpm", "usr/lib/sysimage/rpm", "var/db/pkg"]
+)
 def test_policy_package_database(tmp_path: Path, cache_dir: Path, db: str) -> None:
     b = _bundle(tmp_path, f"files:\n  - path: /{db}/status\n    inline: x\n")
     assert f"/{db}: package database /{db}" in _policy_error(b, tmp_path, cache_dir)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "usr/lib/python3.11/ensurepip",
+        "usr/lib/python3/dist-packages/pip",
+        "opt/venv/lib/python3.12/site-packages/pip-24.0.dist-info",
+    ],
+)
+def test_policy_python_installer_module(tmp_path: Path, cache_dir: Path, module: str) -> None:
+    b = _bundle(tmp_path, f"files:\n  - path: /{module}/__init__.py\n    inline: x\n")
+    name = module.rsplit("/", 1)[1]
+    assert f"/{module}: Python installer '{name}'" in _policy_error(b, tmp_path, cache_dir)
+
+
+def test_policy_covers_what_the_booted_host_is_checked_for() -> None:
+    """Every command the qemu-tests look for on a booted host is refused at build time."""
+    from acl_compose.sysext import policy
+
+    spec = importlib.util.spec_from_file_location("qt_immutable", QEMU_IMMUTABLE)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr] (its dataclasses look it up)
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    finally:
+        del sys.modules[spec.name]  # type: ignore[union-attr]
+    assert set(module.PACKAGE_MANAGERS) <= policy.PACKAGE_MANAGERS
+    assert set(module.PYTHON_MODULES) <= set(policy.PYTHON_INSTALLERS)
+    booted = {d.lstrip("/") for d in module.PACKAGE_DATABASES}
+    assert booted <= set(policy.PACKAGE_DATABASES)
 
 
 def test_allow_package_manager_lets_it_through(tmp_path: Path, cache_dir: Path) -> None:
