@@ -162,6 +162,11 @@ def test_negative_grub_cfg_drops_verity_last() -> None:
     )
 
 
+def test_default_suite_is_the_repositorys_qemu_tests() -> None:
+    assert testing.default_suite_dir() == QEMU_TESTS
+    assert (testing.default_suite_dir() / "conftest.py").is_file()
+
+
 def test_missing_image_is_an_input_error(tmp_path: Path) -> None:
     proc = run_cli("test", tmp_path / "nope.bin", check=False)
     assert proc.returncode == 2 and "nope.bin" in proc.stderr
