@@ -62,27 +62,23 @@ def test_sysext_files_visible(host: Any, required_release: dict[str, Any]) -> No
         assert fields.get("ID", "").strip('"') in ("flatcar", "_any"), fields
 
 
-def verity_tables(root_run: Any) -> dict[str, list[str]]:
-    """dm device name -> its table fields after "start length", for every verity device."""
-    out = root_run("dmsetup table --target verity")
-    assert out.rc == 0, out.stderr
-    tables = {}
-    for line in out.stdout.splitlines():
-        name, sep, rest = line.partition(": ")
-        if sep:
-            tables[name] = rest.split()[2:]
-    return tables
-
-
-def backing_file(root_run: Any, majmin: str) -> str:
-    """The image file behind a loop device or loop partition, given as major:minor."""
-    script = (
-        f"d=$(readlink -f /sys/dev/block/{majmin}); "
-        '[ -e "$d/loop/backing_file" ] || d=${d%/*}; cat "$d/loop/backing_file"'
-    )
-    out = root_run(script)
-    assert out.rc == 0, f"{majmin} is not on a loop device: {out.stderr}"
-    return out.stdout.strip()
+# Per dm-verity device, tab-separated: name, table ("start length verity ..."), open count,
+# status (V valid, C corrupted), the files behind its data and hash devices (loop devices).
+VERITY_DEVICES = r"""
+backing() {
+    d=$(readlink -f "/sys/dev/block/$1")
+    [ -e "$d/loop/backing_file" ] || d=${d%/*}
+    cat "$d/loop/backing_file" 2>/dev/null || true
+}
+dmsetup table --target verity | while IFS= read -r line; do
+    case "$line" in *": "*) ;; *) continue ;; esac
+    name=${line%%: *} table=${line#*: }
+    set -- $table
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$table" \
+        "$(dmsetup info -c --noheadings -o open "$name" | tr -d ' ')" \
+        "$(dmsetup status "$name" | awk '{print $NF}')" "$(backing "$5")" "$(backing "$6")"
+done
+"""
 
 
 def test_sysext_verity_activated(
@@ -95,25 +91,29 @@ def test_sysext_verity_activated(
     layer of the /usr overlay) and valid. systemd activates a signed image only when the kernel
     keyring or /etc/verity.d accepts its signature, so an active device proves the signature.
     """
-    tables = verity_tables(root_run)
+    items = sysexts(required_release)
+    if not items:
+        return
+    out = root_run(VERITY_DEVICES)
+    assert out.rc == 0, out.stderr
+    devices = {}
+    for line in out.stdout.splitlines():
+        name, table, opened, status, data, hashdev = line.split("\t")
+        devices[table.split()[11]] = (name, opened, status, data, hashdev)  # by root hash
+    images = host.check_output("readlink -f " + " ".join(shlex.quote(s["path"]) for s in items))
     problems = []
-    for s in sysexts(required_release):
-        found = {n: t for n, t in tables.items() if len(t) > 9 and t[9] == s.get("root_hash")}
-        if not found:
+    for s, image in zip(items, images.splitlines(), strict=True):
+        found = devices.get(s.get("root_hash") or "")
+        if found is None:
             problems.append(f"{s['name']}: no dm-verity device has root hash {s.get('root_hash')}")
             continue
-        name, table = next(iter(found.items()))
-        image = host.check_output(f"readlink -f {shlex.quote(s['path'])}")
-        for role, majmin in (("data", table[2]), ("hash", table[3])):
-            behind = backing_file(root_run, majmin)
-            if behind != image:
-                problems.append(f"{s['name']}: {role} device {majmin} is {behind}, not {image}")
-        info = root_run(f"dmsetup info -c --noheadings -o open {shlex.quote(name)}")
-        if info.rc != 0 or int(info.stdout.strip() or 0) < 1:
+        name, opened, status, data, hashdev = found
+        if (data, hashdev) != (image, image):
+            problems.append(f"{s['name']}: {name} reads {data} and {hashdev}, not {image}")
+        if not opened.isdigit() or int(opened) < 1:
             problems.append(f"{s['name']}: {name} is not open (not a merged layer)")
-        status = root_run(f"dmsetup status {shlex.quote(name)}").stdout.split()
-        if not status or status[-1] != "V":
-            problems.append(f"{s['name']}: {name} status {status} is not valid (V)")
+        if status != "V":
+            problems.append(f"{s['name']}: {name} status {status!r} is not valid (V)")
     assert not problems, "\n".join(problems)
 
 

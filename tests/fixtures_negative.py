@@ -106,17 +106,20 @@ class NegativeRun:
     junit: Path
     cases: dict[str, ET.Element] = field(default_factory=dict)  # "test_x[ssh://vm]" -> case
 
+    def case(self, name: str) -> ET.Element:
+        """A qemu-test's JUnit case by name, with or without testinfra's `[ssh://vm]`."""
+        return self.cases[name] if name in self.cases else self.cases[f"{name}[ssh://vm]"]
+
     def status(self, name: str) -> str:
-        """passed, failure, error or skipped for a qemu-test (bare name, host suffix added)."""
-        case = self.cases[name if "[" in name else f"{name}[ssh://vm]"]
+        """passed, failure, error or skipped."""
+        case = self.case(name)
         for tag in ("failure", "error", "skipped"):
             if case.find(tag) is not None:
                 return tag
         return "passed"
 
     def message(self, name: str) -> str:
-        case = self.cases[name if "[" in name else f"{name}[ssh://vm]"]
-        return ET.tostring(case, encoding="unicode")
+        return ET.tostring(self.case(name), encoding="unicode")
 
 
 @pytest.fixture(scope="session")

@@ -134,3 +134,19 @@ def test_no_module_over_600_lines() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     ]
     assert not long, "split these by concern:\n" + "\n".join(long)
+
+
+def test_tests_are_self_contained() -> None:
+    """A fresh clone runs its tests: nothing reads the workspace's shared folder (reference
+    data lives in tests/data/reference/, with its origins in the README there)."""
+    needles = ("../" + "shared", "/work/" + "shared", "shared/" + "reference")
+    roots = [REPO / "tests", REPO / "qemu-tests", REPO / "examples", REPO / "acl_compose"]
+    files = [p for r in roots for p in r.rglob("*") if p.is_file() and p.suffix != ".pyc"]
+    files += [REPO / "Makefile", REPO / ".ci" / "run", REPO / "setup.cfg"]
+    bad = []
+    for path in files:
+        text = path.read_bytes().decode(errors="replace")
+        bad += [f"{path.relative_to(REPO)}: {n}" for n in needles if n in text]
+    assert not bad, "\n".join(bad)
+    for name in ("Flatcar_Image_Signing_Key.asc", "flatcar-disk_layout.json", "README.md"):
+        assert (REPO / "tests" / "data" / "reference" / name).is_file(), name
