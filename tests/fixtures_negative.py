@@ -8,8 +8,9 @@
      `/usr/bin/dpkg` (its bundle sets `allow_package_manager`, the policy refuses them otherwise);
   3. (with the user config of `negative_run`) user `acl-qa` of the baked QA config gets uid
      1601 instead of the declared 1600.
-  It has no `aks-node` sysext (azure-base and the canary only): "a composed image without the
-  runtime bundle". Ignition: the product's configs plus tests/data/boot/qa-ignition.yaml.
+  It has neither the `container-runtime` nor the `aks-node` sysext (azure-base and the canary
+  only): "a composed image without the runtime bundle", so every container test is red too.
+  Ignition: the product's configs plus tests/data/boot/qa-ignition.yaml.
 - `negative_run`: `acl-compose test` of that image with every qemu-test, once per session
   (one boot). Tests assert on its JUnit: add a qemu-test and assert here that it goes red on
   this image, instead of booting another bad image.

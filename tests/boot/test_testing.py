@@ -238,6 +238,16 @@ EXPECTED_RED = {
     "test_immutable::test_no_package_manager_on_path_or_in_usr_opt",
     "test_ignition::test_users_and_groups",
 }
+# No runtime bundle in the image: every container test must fail (and none error or skip).
+CONTAINER_TESTS = "test_containers.py"
+
+
+def _container_tests() -> set[str]:
+    return {
+        "test_containers::" + ln.split("::", 1)[1].removesuffix("[local]")
+        for ln in _collected()
+        if ln.startswith(f"qemu-tests/{CONTAINER_TESTS}::")
+    }
 
 
 @pytest.mark.integration
@@ -270,16 +280,25 @@ def test_negative_wrong_uid_is_red(negative_run) -> None:
 
 
 @pytest.mark.integration
+def test_negative_without_runtime_bundle_is_red(negative_run) -> None:
+    """No container-runtime (nor aks-node) extension: every container test fails."""
+    tests = _container_tests()
+    assert len(tests) >= 5, tests
+    for name in tests:
+        assert negative_run.status(name.split("::")[1]) == "failure", negative_run.message(name)
+
+
+@pytest.mark.integration
 def test_negative_image_red_exactly_where_expected(negative_release, negative_run) -> None:
     """`acl-compose test` fails, names the red tests, and every other qemu-test passed; the
     same release passes `acl-compose verify`: only the boot tests catch what is wrong."""
     assert negative_run.returncode == 1, negative_run.stderr[-3000:]
     result = json.loads(negative_run.stdout) if negative_run.stdout.strip() else {}
     red = _short_names(result.get("failed_tests", []))
-    assert red == EXPECTED_RED, red
+    assert red == EXPECTED_RED | _container_tests(), red
     assert result["undeclared_skips"] == []
     others = {n: negative_run.status(n) for n in negative_run.cases}
-    expected = {n.split("::")[1] for n in EXPECTED_RED}
+    expected = {n.split("::")[1] for n in EXPECTED_RED | _container_tests()}
     wrong = {n: s for n, s in others.items() if s != "passed" and _short(n) not in expected}
     assert not wrong, wrong
     assert "error: qemu-tests failed:" in negative_run.stderr
