@@ -96,6 +96,12 @@ def negative_release(
     base.unlink()  # 3.5 GiB sparse; the composed copy is all that is booted
     release = json.loads((out / "release.json").read_text())
     raw = out / next(o["file"] for o in release["outputs"] if o["format"] == "raw")
+    # compose keeps a base OEM that already is the platform's; if it ever rewrites grub.cfg,
+    # this image would boot with verity after all: say so here, not as a puzzling green test.
+    gpt.copy_out(raw, gpt.read(raw).by_label("OEM"), oem)
+    composed = (fs.btrfs_read_file(oem, "grub.cfg") or b"").decode()
+    oem.unlink()
+    assert composed == grub_cfg, f"compose replaced the tampered OEM grub.cfg:\n{composed}"
     return NegativeRelease(out, raw, out / "release.json", release, cert, grub_cfg)
 
 

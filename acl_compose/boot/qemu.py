@@ -7,8 +7,8 @@ hangs), the Ignition user config passed by fw_cfg, an ephemeral SSH key for user
 port forward on 127.0.0.1. The guest's network is QEMU user networking with restrict=on: it
 reaches only what is forwarded. The serial console is watched while waiting, so a panic, an
 emergency shell, a failed initrd target or dm-verity corruption fails the boot at once with
-the lines that matter. QEMU runs in its own process group, which is killed on exit, Ctrl-C, SIGTERM and (via
-PR_SET_PDEATHSIG) when this process dies.
+the lines that matter. QEMU runs in its own process group, which is killed on exit, Ctrl-C,
+SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
 """
 
 from __future__ import annotations
