@@ -62,7 +62,7 @@ def negative_release(
     release_key: tuple[Path, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> NegativeRelease:
-    from acl_compose.compose.pipeline import write_oem_file
+    from acl_compose.compose import platform
     from acl_compose.image.sparse import copy_sparse
     from tests.conftest import run_cli
 
@@ -77,7 +77,7 @@ def negative_release(
     grub_cfg = unverified_usr_grub_cfg(current, disk.by_label("USR-A").guid)
     work = d / "work"
     work.mkdir()
-    write_oem_file(base, disk, "grub.cfg", grub_cfg.encode(), work)
+    platform.apply(base, disk, {"grub.cfg": grub_cfg.encode()}, work, None)  # compose's OEM edit
     key, cert = release_key
     manifest = write_manifest(
         d / "manifest.yaml",
