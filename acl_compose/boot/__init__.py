@@ -9,7 +9,7 @@ from acl_compose.util import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
-        "qemu": ["FIRMWARES", "VM", "BootError", "BootTimeout", "boot_and_wait"],
+        "qemu": ["FIRMWARES", "PLATFORMS", "VM", "BootError", "BootTimeout", "boot_and_wait"],
         "kvm": ["ACCELS", "choose_accel"],
         "testing": ["run_suites"],
     },

@@ -190,6 +190,7 @@ def run_suites(
     boot_timeout: float | None = None,
     pytest_args: list[str] | None = None,
     on_booted: Callable[[list[qemu.BootResult]], None] | None = None,
+    platform: str = "qemu",
 ) -> SuiteResult:
     """Boot `parallel` VMs of `image`, run the suites against them, always tear down.
 
@@ -239,6 +240,7 @@ def run_suites(
                 console_log=artifact(i, "console.log"),
                 name=f"vm{i + 1}",
                 boot_timeout=boot_timeout,
+                platform=platform,
             )
             stack.enter_context(vm)  # started here, in the main thread (see PR_SET_PDEATHSIG)
             vms.append(vm)
@@ -271,6 +273,7 @@ def run_suites(
             env[ENV_IMAGE] = str(image)
             env[ENV_CONSOLE] = str(vm.console_log)
             env[ENV_FAILED_UNITS] = " ".join(boots[i].failed_units)
+            env.update(vm.azure_env)  # an azure boot: what ovf-env.xml said, the stand-in's record
             if release_json:
                 env[ENV_RELEASE] = str(release_json)
             else:

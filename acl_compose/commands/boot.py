@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from acl_compose.boot import ACCELS, FIRMWARES, VM, boot_and_wait, run_suites
+from acl_compose.boot import ACCELS, FIRMWARES, PLATFORMS, VM, boot_and_wait, run_suites
 from acl_compose.errors import VerificationError
 from acl_compose.ui import App, info, pass_app, warn
 
@@ -34,7 +34,16 @@ _cpus = click.option("--cpus", type=click.IntRange(1), default=2, show_default=T
 _ignition = click.option(
     "--ignition",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Ignition user config (.ign, or .yaml rendered) passed by fw_cfg.",
+    help="Ignition user config (.ign, or .yaml rendered): passed by fw_cfg, or as Azure's "
+    "custom data with --platform azure.",
+)
+_platform = click.option(
+    "--platform",
+    type=click.Choice(PLATFORMS),
+    default="qemu",
+    show_default=True,
+    help="How the config reaches the guest: qemu (fw_cfg) or azure (as on Azure: a UDF DVD "
+    "with ovf-env.xml and CustomData.bin, loopback stand-ins for the wire server and IMDS).",
 )
 _timeout = click.option(
     "--boot-timeout",
@@ -51,6 +60,7 @@ _timeout = click.option(
 @_memory
 @_cpus
 @_ignition
+@_platform
 @click.option("--ssh", is_flag=True, help="Wait for SSH and print how to log in.")
 @click.option("--keep", is_flag=True, help="Keep the VM's temporary directory (overlay, log).")
 @click.option(
@@ -66,6 +76,7 @@ def boot_cmd(
     memory: int,
     cpus: int,
     ignition: Path | None,
+    platform: str,
     ssh: bool,
     keep: bool,
     command: str | None,
@@ -81,6 +92,7 @@ def boot_cmd(
         memory=memory,
         cpus=cpus,
         ignition=ignition,
+        platform=platform,
         ssh=ssh,
         cache_dir=app.cache_dir,
         keep=keep,
@@ -163,6 +175,7 @@ def boot_cmd(
 @_memory
 @_cpus
 @_ignition
+@_platform
 @_timeout
 @pass_app
 def test_cmd(
@@ -178,6 +191,7 @@ def test_cmd(
     memory: int,
     cpus: int,
     ignition: Path | None,
+    platform: str,
     boot_timeout: float | None,
 ) -> None:
     """Boot IMAGE and run the qemu-tests suites against it with pytest-testinfra."""
@@ -200,6 +214,7 @@ def test_cmd(
         memory=memory,
         cpus=cpus,
         ignition=ignition,
+        platform=platform,
         cache_dir=app.cache_dir,
         boot_timeout=boot_timeout,
     )
