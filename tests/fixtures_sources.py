@@ -47,7 +47,10 @@ def pinned_debs(bundle_dirs: list[Path]) -> list[dict]:
 
 
 def product_bundles() -> list[Path]:
-    return sorted(p.parent for p in (REPO / "sysext").glob("*/sysext.yaml"))
+    """The product's bundles, and the testbed's OEM extensions (built by `testbed build`)."""
+    testbed = REPO / "acl_compose" / "testbed" / "files"
+    return sorted(p.parent for p in [*(REPO / "sysext").glob("*/sysext.yaml"),
+                                     *testbed.glob("oem-*/sysext.yaml")])  # fmt: skip
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,6 +74,8 @@ def debian_mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirror]:
     with httpserve.serve(root, handler=Recording) as server:
         mp = pytest.MonkeyPatch()
         mp.setenv(sources.ENV_DEBIAN_MIRROR, server.url.rstrip("/"))
+        # bookworm-security's pool (pool/updates/...) is served from the same root.
+        mp.setenv(sources.ENV_DEBIAN_SECURITY_MIRROR, server.url.rstrip("/"))
         try:
             yield Mirror(server.url.rstrip("/"), root, requests)
         finally:

@@ -114,6 +114,13 @@ def check_cmd(
 ) -> None:
     """Check offline that systemd-sysext on BASE would merge each IMAGE (exit 0 if all do)."""
     results = sysext.check(list(images), base, cert=cert)
+    if len(images) > 1:  # what one extension would hide of another once both are merged
+        listings = {}
+        for r in results:
+            if r.ok:
+                listings[Path(r.image).name] = sysext.image_contents(r.image, {})
+        for line in sysext.overlap_warnings(listings):
+            warn(line)
     app.emit([r.to_json() for r in results], [r.line() for r in results])
     if not all(r.ok for r in results):
         ctx.exit(1)

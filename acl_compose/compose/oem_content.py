@@ -30,6 +30,12 @@ class OemError(VerificationError):
     """A platform's OEM content failed a check; nothing was written."""
 
 
+def sysext_contents(image: Path, origin: dict[str, Any]) -> list[dict[str, Any]]:
+    from acl_compose import sysext
+
+    return sysext.image_contents(image, origin)
+
+
 def os_version(st: State) -> str:
     """The OS version Flatcar names OEM sysexts after (os-release VERSION, as its initrd)."""
     return st.os_release.get("VERSION") or st.os_release.get("VERSION_ID") or "0"
@@ -91,6 +97,7 @@ def resolve_platforms(st: State) -> None:
                     "grub_oem_id": p,
                 },  # fmt: skip
                 "edits": edits,
+                "contents": sysext_contents(image, {"kind": "oem-sysext", "platform": p}),
             }
             trust = f"signed, {checked['certificate']}" if checked["signed"] else "unsigned"
             ui.info(f"{p}: oem-{p} {sysext['version']} from the {source} ({trust})")
@@ -205,3 +212,17 @@ def write_outputs(st: State) -> None:
                                                 st.sde, platform=p)  # fmt: skip
         for o in st.outputs:
             ui.info(f"{o['file']} ({o['format']}, {o['platform']}, sha256 {o['sha256'][:16]}…)")
+
+
+def warn_overlaps(st: State) -> None:
+    """Warn about paths a product sysext shares with a platform's OEM sysext: merged
+    together, one hides the other (e.g. a udev rule both ship)."""
+    from acl_compose import sysext
+
+    product = {f"{n}.raw": c for n, c in (st.sbom.get("sysext_contents") or {}).items()}
+    for p in st.manifest.platforms:
+        oem = st.platforms[p].get("contents")
+        if not oem or not product:
+            continue
+        for line in sysext.overlap_warnings({**product, f"oem-{p}.raw": oem}):
+            ui.warn(f"platform {p}: {line}")

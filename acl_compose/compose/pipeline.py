@@ -30,7 +30,12 @@ from typing import Any
 from acl_compose import __version__, ui, util
 from acl_compose.compose import platform
 from acl_compose.compose.manifest import Manifest
-from acl_compose.compose.oem_content import read_base_oem, resolve_platforms, write_outputs
+from acl_compose.compose.oem_content import (
+    read_base_oem,
+    resolve_platforms,
+    warn_overlaps,
+    write_outputs,
+)
 from acl_compose.compose.release_dir import (
     RELEASE_JSON,
     RELEASE_LAST,
@@ -113,6 +118,7 @@ def compose(
         read_base_oem(st)
         resolve_platforms(st)
         build_sysexts(st)
+        warn_overlaps(st)
         place_sysexts(st)
         bake_ignition(st)
         write_outputs(st)

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_exports(
     __name__,
     {
         "builder": ["build"],
-        "contents": ["image_contents", "record_tree"],
+        "contents": ["image_contents", "overlap_warnings", "record_tree", "shared_paths"],
         "sources": ["SourceOptions", "downloads", "pool_path"],
         "checker": ["CheckResult", "check", "read_extension_releases"],
         "bundle": ["Bundle", "input_digest", "load_bundle"],

@@ -146,3 +146,22 @@ def image_contents(image: str | os.PathLike[str], origin: dict[str, Any]) -> lis
             return record_tree(dest, lambda _p: dict(origin))
         finally:
             shutil.rmtree(dest, ignore_errors=True)
+
+
+def shared_paths(listings: dict[str, list[dict[str, Any]]]) -> dict[str, list[str]]:
+    """Paths (files and links, not directories) that more than one extension ships, with the
+    extensions' names: systemd-sysext stacks them in one overlay, so only one copy is seen."""
+    owners: dict[str, list[str]] = {}
+    for name, entries in listings.items():
+        for e in entries:
+            if e.get("type") != "dir" and not e["path"].startswith("/usr/lib/extension-release.d/"):
+                owners.setdefault(e["path"], []).append(name)
+    return {p: names for p, names in sorted(owners.items()) if len(names) > 1}
+
+
+def overlap_warnings(listings: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line per path two extensions ship (see shared_paths)."""
+    return [
+        f"{path} is in {' and '.join(names)}: the merged /usr shows one of them, hiding the other"
+        for path, names in shared_paths(listings).items()
+    ]

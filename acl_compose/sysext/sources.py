@@ -42,11 +42,25 @@ if TYPE_CHECKING:
 
 DEFAULT_DEBIAN_MIRROR = "https://deb.debian.org/debian"
 ENV_DEBIAN_MIRROR = "ACL_COMPOSE_DEBIAN_MIRROR"
+# Security updates (bookworm-security) live in their own archive, under pool/updates/<component>.
+DEFAULT_DEBIAN_SECURITY_MIRROR = "https://deb.debian.org/debian-security"
+ENV_DEBIAN_SECURITY_MIRROR = "ACL_COMPOSE_DEBIAN_SECURITY_MIRROR"
+ARCHIVES = ("main", "security")
 DEB_ARCH = {"x86-64": "amd64", "arm64": "arm64"}
 # Keys a files entry may carry besides path/mode, per source kind.
 OPTION_KEYS = {
     "url": {"sha256", "extract", "include", "exclude"},
-    "deb": {"version", "sha256", "source", "arch", "component", "extract", "include", "exclude"},
+    "deb": {
+        "version",
+        "sha256",
+        "source",
+        "arch",
+        "component",
+        "archive",
+        "extract",
+        "include",
+        "exclude",
+    },
 }
 ALL_OPTION_KEYS = set().union(*OPTION_KEYS.values())
 # Debian before merged /usr ships these at the top level; on the host they are links into /usr.
@@ -72,6 +86,10 @@ class SourceOptions:
 
     def mirror(self) -> str:
         value = self.debian_mirror or os.environ.get(ENV_DEBIAN_MIRROR) or DEFAULT_DEBIAN_MIRROR
+        return value.rstrip("/")
+
+    def security_mirror(self) -> str:
+        value = os.environ.get(ENV_DEBIAN_SECURITY_MIRROR) or DEFAULT_DEBIAN_SECURITY_MIRROR
         return value.rstrip("/")
 
 
@@ -106,6 +124,11 @@ def parse_options(
                 if not isinstance(value, str) or not _PKG.match(value):
                     raise _err(where, f"{key} must be a Debian name, got {value!r}")
                 opts[key] = value
+        if "archive" in entry:
+            if entry["archive"] not in ARCHIVES:
+                raise _err(where, f"archive must be one of {', '.join(ARCHIVES)}, "
+                           f"got {entry['archive']!r}")  # fmt: skip
+            opts["archive"] = entry["archive"]
     if "extract" in entry:
         member = entry["extract"]
         if not isinstance(member, str) or not member.strip():
@@ -155,9 +178,11 @@ def origin_record(entry: FileEntry, bundle: Bundle, mirror: str | None = None) -
     if entry.source == "deb":
         o = entry.options
         arch = o.get("arch") or DEB_ARCH[bundle.architecture]
-        path = pool_path(
-            entry.value, o["version"], arch, o.get("source"), o.get("component", "main")
-        )
+        component = o.get("component", "main")
+        if o.get("archive") == "security":  # bookworm-security: its own archive
+            component = f"updates/{component}"
+            mirror = SourceOptions(Path()).security_mirror()
+        path = pool_path(entry.value, o["version"], arch, o.get("source"), component)
         mirror = (mirror or SourceOptions(Path()).mirror()).rstrip("/")
         rec = {"kind": "deb", "bundle": bundle.name, "package": entry.value,
                "version": o["version"], "architecture": arch, "sha256": entry.sha256,

@@ -81,7 +81,7 @@ def test_compose_writes_signed_release(mini_release, mini_flatcar):
     assert rel["usr"]["root_hash"] == mini_flatcar.root_hash
     assert rel["source_date_epoch"] == 1700000000 and rel["tool"]["name"] == "acl-compose"
     assert [(s["name"], s["path"]) for s in rel["sysexts"]] == [
-        ("azure-base", "/opt/extensions/azure-base/azure-base-1.0.0.raw"),
+        ("azure-base", "/opt/extensions/azure-base/azure-base-1.1.0.raw"),
         ("aks-node", "/opt/extensions/aks-node/aks-node-1.0.0.raw"),
     ]
     assert all(s["signed"] and len(s["root_hash"]) == 64 for s in rel["sysexts"])
@@ -243,7 +243,7 @@ def test_inspect_shows_everything(mini_release):
             for s in r["sysexts"]
         }
         assert got == {
-            "azure-base": ("1.0.0", True, "ok", "/etc/extensions/azure-base.raw"),
+            "azure-base": ("1.1.0", True, "ok", "/etc/extensions/azure-base.raw"),
             "aks-node": ("1.0.0", True, "ok", "/etc/extensions/aks-node.raw"),
         }
         assert [p["label"] for p in r["disk"]["partitions"]][2] == "USR-A"
@@ -483,14 +483,14 @@ def test_testbed_compose_inspect_verify(composed_release):
 @pytest.mark.integration
 def test_testbed_flipped_sysext_byte_fails_verify(composed_release):
     img = composed_release.raw
-    off = sysext_offset(img, "/opt/extensions/azure-base/azure-base-1.0.0.raw") + 4096
+    off = sysext_offset(img, "/opt/extensions/azure-base/azure-base-1.1.0.raw") + 4096
     flip(img, off)
     try:
         proc = verify(composed_release.out_dir, composed_release.cert, check=False)
     finally:
         flip(img, off)  # the session fixture is shared: restore it
     assert (
-        "sysext azure-base (/opt/extensions/azure-base/azure-base-1.0.0.raw): sha256" in proc.stderr
+        "sysext azure-base (/opt/extensions/azure-base/azure-base-1.1.0.raw): sha256" in proc.stderr
     )
     assert f"{img.name}: sha256" in proc.stderr
 
@@ -627,3 +627,21 @@ def test_legacy_platform_oem_is_kept(release_key, tmp_path):
                         outputs=("vhd",))  # fmt: skip
     proc = compose(m2, tmp_path / "out2", tmp_path / "cache", check=False)
     assert "error: platform azure: the base" in proc.stderr and "no oem-azure.raw" in proc.stderr
+
+
+def test_compose_warns_when_a_product_sysext_shadows_the_oem(mini_flatcar, release_key, tmp_path):
+    key, cert = release_key
+    bundle = tmp_path / "shadow"
+    bundle.mkdir()
+    (bundle / "sysext.yaml").write_text(
+        "name: shadow\nversion: '1'\nfiles:\n"
+        "  - {path: /usr/share/oem-azure/README, inline: 'mine'}\n"  # the mini oem-azure's file
+    )
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini_flatcar.path}, key=key, cert=cert,
+                       sysexts=[bundle], outputs=("raw", "vhd"))  # fmt: skip
+    proc = compose(m, tmp_path / "out", tmp_path / "cache")
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: platform")]
+    assert warnings == [
+        "warning: platform azure: /usr/share/oem-azure/README is in shadow.raw and "
+        "oem-azure.raw: the merged /usr shows one of them, hiding the other"
+    ]

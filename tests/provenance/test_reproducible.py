@@ -73,7 +73,7 @@ def test_signatures_still_verify(builds, tmp_path):
     img = out / "acl-test-1.0.0.bin"
     spec = fs.ext4_spec(img, gpt.read(img).by_label("ROOT").offset)
     raw = tmp_path / "azure-base.raw"
-    fs.ext4_dump(spec, "/opt/extensions/azure-base/azure-base-1.0.0.raw", raw)
+    fs.ext4_dump(spec, "/opt/extensions/azure-base/azure-base-1.1.0.raw", raw)
     root = next(m for m in _dissect(raw)["mounts"] if m["designator"] == "root")
     assert root["verity"] == "signed"
     copied, log = _dissect_with_verity_d(raw, cert, "azure-base")

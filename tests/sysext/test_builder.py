@@ -91,7 +91,10 @@ def test_bundle_builds_reproducibly(built: dict, name: str) -> None:
     assert a["sha256"] == b["sha256"]
     assert Path(a["path"]).read_bytes() == Path(b["path"]).read_bytes()
     assert a["signed"] is True and a["certificate_fingerprint"]
-    assert a["name"] == name and a["version"] == "1.0.0"
+    import yaml
+
+    spec = yaml.safe_load((REPO / "sysext" / name / "sysext.yaml").read_text())
+    assert a["name"] == name and a["version"] == spec["version"]
 
 
 @pytest.mark.parametrize("name", BUNDLES)

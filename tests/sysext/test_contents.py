@@ -68,3 +68,29 @@ def test_every_file_has_its_origin(tmp_path: Path, cache_dir: Path, filesystem: 
     read_back = sysext.image_contents(result["path"], {"kind": "image"})
     assert _strip(read_back) == _strip(result["contents"])
     assert {o["origin"]["kind"] for o in read_back} == {"image"}
+
+
+def test_check_warns_when_two_extensions_ship_one_path(tmp_path: Path) -> None:
+    """Merged, two extensions shipping one path show only one copy: `sysext check` says so
+    (and still passes: each image alone is fine); disjoint images draw no warning."""
+    from tests.conftest import run_cli
+
+    def build(name: str, files: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "sysext.yaml").write_text(f"name: {name}\nversion: '1'\nfiles:\n{files}")
+        return Path(sysext.build(d, tmp_path / "out")["path"])
+
+    rule = "  - {path: /usr/lib/udev/rules.d/66-x.rules, inline: 'x'}\n"
+    a = build("a-ext", rule + "  - {path: /usr/share/a/only, inline: 'a'}\n")
+    b = build("b-ext", rule + "  - {path: /usr/share/b/only, symlink: ../a/only}\n")
+    c = build("c-ext", "  - {path: /usr/share/c/only, inline: 'c'}\n")
+    base = tmp_path / "os-release"
+    base.write_text("ID=flatcar\nSYSEXT_LEVEL=1.0\n")
+    proc = run_cli("sysext", "check", a, b, c, "--base", base, check=True)
+    warnings = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
+    assert warnings == [
+        "warning: /usr/lib/udev/rules.d/66-x.rules is in a-ext.raw and b-ext.raw: the merged "
+        "/usr shows one of them, hiding the other"
+    ]
+    assert "warning" not in run_cli("sysext", "check", a, c, "--base", base, check=True).stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from acl_compose import sysext
-from acl_compose.errors import PolicyError, VerificationError
+from acl_compose.errors import AclComposeError, PolicyError, VerificationError
 from acl_compose.fetch import httpserve
 from acl_compose.sysext import sources
 from acl_compose.sysext.bundle import load_bundle
@@ -130,13 +130,37 @@ def test_pool_path_matches_the_packages_index(package, version, source, expected
     assert sources.pool_path(package, version, "amd64", source) == expected
 
 
+def test_security_archive_resolves_to_its_own_pool(tmp_path: Path, monkeypatch) -> None:
+    """`archive: security`: bookworm-security's pool (pool/updates/main) on its own mirror."""
+    from acl_compose.sysext.bundle import load_bundle
+
+    monkeypatch.delenv(sources.ENV_DEBIAN_SECURITY_MIRROR, raising=False)
+    d = write_bundle(tmp_path / "b", "files:\n  - deb: python3.11-minimal\n    source: python3.11\n"
+                     "    version: 3.11.2-6+deb12u9\n    archive: security\n"
+                     f"    sha256: {'a' * 64}\n")  # fmt: skip
+    b = load_bundle(d)
+    rec = sources.origin_record(b.files[0], b, "http://127.0.0.1:9/debian")
+    assert rec["url"] == (
+        "https://deb.debian.org/debian-security/pool/updates/main/p/python3.11/"
+        "python3.11-minimal_3.11.2-6+deb12u9_amd64.deb"
+    )  # the Filename: of bookworm-security's Packages index, on its own archive
+    monkeypatch.setenv(sources.ENV_DEBIAN_SECURITY_MIRROR, "http://127.0.0.1:9/sec/")
+    assert sources.origin_record(b.files[0], b)["url"].startswith(
+        "http://127.0.0.1:9/sec/pool/updates/main/p/python3.11/")  # fmt: skip
+    bad = write_bundle(tmp_path / "c", "files:\n  - deb: xz-utils\n    version: '1'\n"
+                       f"    archive: backports\n    sha256: {'a' * 64}\n")  # fmt: skip
+    with pytest.raises(AclComposeError, match="archive must be one of main, security"):
+        load_bundle(bad)
+
+
 def test_product_pins_resolve_on_the_session_mirror(debian_mirror) -> None:
     """Every deb pinned in sysext/ was fetched by its real-mirror URL and verified (the
     session fixture does that through sources.origin_record + fetch.download)."""
     from tests.fixtures_sources import pinned_debs, product_bundles
 
     recs = pinned_debs(product_bundles())
-    assert {r["package"] for r in recs} >= {"containerd", "runc", "catatonit"}
+    assert {r["package"] for r in recs} >= {"containerd", "runc", "catatonit", "waagent",
+                                            "python3.11-minimal", "hyperv-daemons"}  # fmt: skip
     for r in recs:
         assert sha_file(debian_mirror.root / r["filename"]) == r["sha256"]
 
