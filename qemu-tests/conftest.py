@@ -38,6 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--firmware", default="uefi", help="uefi, bios or kernel")
     group.addoption("--accel", default="auto", help="auto, kvm or tcg")
     group.addoption("--boot-timeout", type=float, default=None, help="seconds to reach SSH")
+    group.addoption("--platform", default="qemu", help="qemu (fw_cfg) or azure (as on Azure)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,6 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
         accel=config.getoption("--accel"),
         boot_timeout=config.getoption("--boot-timeout"),
         name="qemu-tests",
+        platform=config.getoption("--platform"),
     )
     config._acl_vm = vm  # type: ignore[attr-defined]
     try:
@@ -74,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[ENV_IMAGE] = str(Path(image).resolve())
     os.environ[ENV_CONSOLE] = str(vm.console_log)
     os.environ[ENV_FAILED_UNITS] = " ".join(result.failed_units)
+    os.environ.update(vm.azure_env)  # an azure boot: what the VM was given, the stand-in's record
     release = config.getoption("--release-json")
     if release:
         os.environ[ENV_RELEASE] = str(Path(release).resolve())

@@ -331,6 +331,8 @@ def _handler(ep: Endpoints, service: str) -> type[BaseHTTPRequestHandler]:
                     return 200, b"", "text/plain"  # no user data: Ignition reads custom data
                 if path == "/metadata/instance":
                     return 200, json.dumps(ep.imds_instance()), "application/json"
+                if path == "/metadata/instance/compute":
+                    return 200, json.dumps(ep.imds_instance()["compute"]), "application/json"
                 return 404, "", "text/plain"
             if service == "hostgaplugin":
                 if path == "/vmSettings":
@@ -353,6 +355,8 @@ def _handler(ep: Endpoints, service: str) -> type[BaseHTTPRequestHandler]:
                 entry["health"] = parse_health(body)
                 return 200, "", "text/plain"
             if path.startswith("/machine") and comp in ("telemetrydata", "roleProperties"):
+                return 200, "", "text/plain"
+            if path == "/HealthService" and method == "POST":  # the agent's own observations
                 return 200, "", "text/plain"
             if path == "/statusblob" and method == "PUT":
                 entry["status_upload"] = True

@@ -376,8 +376,9 @@ class VM:
         self.azure = azure.Endpoints(self.workdir / "azure-record.jsonl", vm_name=hostname)
         self.azure.__enter__()
         facts = {"hostname": hostname, "admin_user": azure.ADMIN_USER, "admin_key": admin_key,
-                 "admin_key_file": str(admin_key_file),
+                 "admin_key_file": str(admin_key_file), "custom_data": config,
                  "custom_data_sha256": hashlib.sha256(custom).hexdigest(),
+                 "container_id": self.azure.container_id, "instance_id": self.azure.instance_id,
                  "record": str(self.azure.record_file)}  # fmt: skip
         (self.workdir / "azure.json").write_text(json.dumps(facts, indent=2))
         self.azure_env = {"ACL_COMPOSE_PLATFORM": "azure",
@@ -387,7 +388,8 @@ class VM:
             "-drive", f"if=none,id=ovfdvd,media=cdrom,readonly=on,format=raw,file={iso}",
             "-device", "scsi-cd,bus=scsi0.0,drive=ovfdvd",
             "-netdev", self.azure.imds_netdev("azimds"),
-            "-device", "virtio-net-pci,netdev=azimds",
+            # A high slot: the wire server's NIC (net0) stays the first, as Azure's primary one.
+            "-device", "virtio-net-pci,netdev=azimds,addr=0x10",
         ]  # fmt: skip
 
     def _launch(self, attempts: int = 8) -> None:

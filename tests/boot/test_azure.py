@@ -163,6 +163,10 @@ def test_host_plugin_and_imds(endpoints):
     assert (code, body) == (200, b"")  # no user data: Ignition falls back to the custom data
     code, body = _get(ep, "imds", "/metadata/instance?api-version=2021-02-01", "Metadata: true\r\n")
     assert code == 200 and json.loads(body)["compute"]["name"] == "vm-1"
+    code, body = _get(ep, "imds", "/metadata/instance/compute?api-version=2018-02-01",
+                      "Metadata: true\r\n")  # fmt: skip
+    assert code == 200 and json.loads(body)["vmSize"] == "Standard_D2s_v3"
+    assert _post(ep, "wire", "/HealthService", b'{"Observations": []}') == 200
 
 
 def test_oversized_and_malformed_bodies_are_refused(endpoints):
