@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 ENV_AZURE = "ACL_COMPOSE_AZURE"
+# Declared, so a guest booted for another platform reports these as not applicable.
+pytestmark = pytest.mark.platform("azure", reason="booted with --platform azure only")
 READY_WITHIN = 300.0  # seconds after SSH answered; the agent reports within a minute under TCG
 
 
@@ -97,7 +99,7 @@ def test_the_vm_agent_runs(host: Any) -> None:
     assert "-run-exthandlers" in procs  # the daemon started the extension handler
 
 
-def test_agent_reported_ready_to_the_wire_server(azure: dict[str, Any]) -> None:
+def test_agent_reported_ready_to_the_wire_server(host: Any, azure: dict[str, Any]) -> None:
     """The stand-in recorded the agent's provisioning: versions, the goal state, NotReady
     (Provisioning) while it worked, then Ready, for this VM's container and role instance."""
     deadline = time.monotonic() + READY_WITHIN
