@@ -376,3 +376,35 @@ def _handler(ep: Endpoints, service: str) -> type[BaseHTTPRequestHandler]:
             self._handle("HEAD")
 
     return Handler
+
+
+def attach(
+    workdir: Path, hostname: str, config: dict[str, Any], admin_key: tuple[Path, str]
+) -> tuple[Endpoints, list[str], dict[str, str]]:
+    """Everything a VM needs to boot as on Azure, made in `workdir`: the DVD (custom data =
+    `config`, ovf-env.xml naming `hostname` and the admin user with `admin_key`), the running
+    stand-ins, QEMU's arguments for the DVD and the IMDS NIC (the wire server's goes on the
+    VM's own NIC: `Endpoints.wire_net_options`), and the environment telling qemu-tests
+    what the VM was given (ACL_COMPOSE_AZURE: a JSON file)."""
+    admin_key_file, admin_pub = admin_key
+    custom = json.dumps(config, separators=(",", ":")).encode()
+    ovf = ovf_env(hostname, ADMIN_USER, admin_pub, custom)
+    iso = provisioning_iso(workdir / "ovf-env.iso", ovf, custom, workdir)
+    ep = Endpoints(workdir / "azure-record.jsonl", vm_name=hostname)
+    ep.__enter__()
+    facts = {"hostname": hostname, "admin_user": ADMIN_USER, "admin_key": admin_pub,
+             "admin_key_file": str(admin_key_file), "custom_data": config,
+             "custom_data_sha256": hashlib.sha256(custom).hexdigest(),
+             "container_id": ep.container_id, "instance_id": ep.instance_id,
+             "record": str(ep.record_file)}  # fmt: skip
+    (workdir / "azure.json").write_text(json.dumps(facts, indent=2))
+    env = {"ACL_COMPOSE_PLATFORM": "azure", "ACL_COMPOSE_AZURE": str(workdir / "azure.json")}
+    args = [
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-drive", f"if=none,id=ovfdvd,media=cdrom,readonly=on,format=raw,file={iso}",
+        "-device", "scsi-cd,bus=scsi0.0,drive=ovfdvd",
+        "-netdev", ep.imds_netdev("azimds"),
+        # A high slot: the wire server's NIC (net0) stays the first, as Azure's primary one.
+        "-device", "virtio-net-pci,netdev=azimds,addr=0x10",
+    ]  # fmt: skip
+    return ep, args, env

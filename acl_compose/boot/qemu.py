@@ -13,7 +13,6 @@ SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -42,8 +41,7 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 FW_CFG_NAMES = ("opt/org.flatcar-linux/config", "opt/com.coreos/config")
 FIRMWARES = ("uefi", "bios", "kernel")
-# How the guest gets its Ignition config: `qemu` by fw_cfg; `azure` as Azure does it (a UDF
-# DVD with ovf-env.xml and CustomData.bin, stand-ins for the wire server and IMDS; boot.azure).
+# How the guest gets its config: qemu by fw_cfg; azure as on Azure (a DVD; see boot.azure).
 PLATFORMS = ("qemu", "azure")
 # Seconds to reach SSH; TCG emulates every instruction, so it gets far more room.
 BOOT_TIMEOUT = {"kvm": 240.0, "tcg": 900.0}
@@ -361,36 +359,16 @@ class VM:
         return args
 
     def _azure_args(self, config: dict[str, Any]) -> list[str]:
-        """No fw_cfg: the config is Azure's custom data on the provisioning DVD (the SSH key
-        for core with it), an admin user with its own key in ovf-env.xml, and a second NIC
-        whose only reachable address is IMDS (boot.azure)."""
+        """No fw_cfg: the config (core's key with it) is Azure's custom data (boot.azure)."""
         from acl_compose.boot import azure
 
         assert self.workdir
-        custom = json.dumps(config, separators=(",", ":")).encode()
         (self.workdir / "admin").mkdir()
-        admin_key_file, admin_key = generate_ssh_key(self.workdir / "admin")
-        hostname = f"acl-{self.name}"
-        ovf = azure.ovf_env(hostname, azure.ADMIN_USER, admin_key, custom)
-        iso = azure.provisioning_iso(self.workdir / "ovf-env.iso", ovf, custom, self.workdir)
-        self.azure = azure.Endpoints(self.workdir / "azure-record.jsonl", vm_name=hostname)
-        self.azure.__enter__()
-        facts = {"hostname": hostname, "admin_user": azure.ADMIN_USER, "admin_key": admin_key,
-                 "admin_key_file": str(admin_key_file), "custom_data": config,
-                 "custom_data_sha256": hashlib.sha256(custom).hexdigest(),
-                 "container_id": self.azure.container_id, "instance_id": self.azure.instance_id,
-                 "record": str(self.azure.record_file)}  # fmt: skip
-        (self.workdir / "azure.json").write_text(json.dumps(facts, indent=2))
-        self.azure_env = {"ACL_COMPOSE_PLATFORM": "azure",
-                          "ACL_COMPOSE_AZURE": str(self.workdir / "azure.json")}  # fmt: skip
-        return [
-            "-device", "virtio-scsi-pci,id=scsi0",
-            "-drive", f"if=none,id=ovfdvd,media=cdrom,readonly=on,format=raw,file={iso}",
-            "-device", "scsi-cd,bus=scsi0.0,drive=ovfdvd",
-            "-netdev", self.azure.imds_netdev("azimds"),
-            # A high slot: the wire server's NIC (net0) stays the first, as Azure's primary one.
-            "-device", "virtio-net-pci,netdev=azimds,addr=0x10",
-        ]  # fmt: skip
+        admin = generate_ssh_key(self.workdir / "admin")
+        self.azure, args, self.azure_env = azure.attach(self.workdir, f"acl-{self.name}",
+                                                        config, admin)  # fmt: skip
+        self.net_options += self.azure.wire_net_options()  # on net0, with SSH's forward
+        return args
 
     def _launch(self, attempts: int = 8) -> None:
         """Start QEMU with a port forward, retrying on a port lost to another process."""
@@ -398,17 +376,14 @@ class VM:
         stderr_path = self.workdir / "qemu.stderr"
         for _ in range(attempts):
             argv = list(self._base_argv)
-            options = list(self.net_options)
-            if self.azure is not None:  # the wire server's network and forwards
-                options += self.azure.wire_net_options()
-            if self.want_ssh or options:
+            if self.want_ssh or self.net_options:
                 # restrict=on: the guest reaches nothing but the forwards (no DNS, NTP or
                 # HTTP leaves the host; connections elsewhere are reset at once).
                 netdev = ["user", "id=net0", "restrict=on"]
                 if self.want_ssh:
                     self.port = free_port()
                     netdev.append(f"hostfwd=tcp:127.0.0.1:{self.port}-:22")
-                netdev += options
+                netdev += self.net_options
                 argv += ["-netdev", ",".join(netdev), "-device", "virtio-net-pci,netdev=net0"]
             log.debug("qemu: %s", " ".join(argv))
             self.console_log.write_bytes(b"")
@@ -446,7 +421,7 @@ class VM:
                 kill_group(self.proc)
             if self.azure is not None:
                 self.azure.__exit__(None, None, None)
-                self.azure = None
+            self.azure = None
         finally:
             if self.workdir and not self.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
