@@ -97,8 +97,11 @@ def resolve_platforms(st: State) -> None:
                     "grub_oem_id": p,
                 },  # fmt: skip
                 "edits": edits,
-                "contents": sysext_contents(image, {"kind": "oem-sysext", "platform": p}),
+                "contents": sysext_contents(
+                    image, {"kind": "image", "image": sysext["path"], "sha256": sysext["sha256"]}
+                ),  # fmt: skip
             }
+            st.sbom.setdefault("oem_contents", {})[p] = st.platforms[p]["contents"]
             trust = f"signed, {checked['certificate']}" if checked["signed"] else "unsigned"
             ui.info(f"{p}: oem-{p} {sysext['version']} from the {source} ({trust})")
 

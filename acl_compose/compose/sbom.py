@@ -148,6 +148,7 @@ def build(release: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
     sysext_ids = [_sysext(d, s, extras) for s in release.get("sysexts") or []]
     ign_id = _ignition(d, release, extras)
     parts = [base_id, *sysext_ids] + ([ign_id] if ign_id else [])
+    oem_ids = _platform_sysexts(d, release, extras)
     out_ids = []
     for o in release.get("outputs") or []:
         oid = d.package(
@@ -161,7 +162,7 @@ def build(release: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
             f"{release['name']} {release['version']}",
         )
         out_ids.append(oid)
-        for p in parts:
+        for p in [*parts, *oem_ids.get(o.get("platform"), [])]:
             d.rel(oid, "CONTAINS", p)
     for oid in out_ids:
         d.rel("SPDXRef-DOCUMENT", "DESCRIBES", oid)
@@ -223,6 +224,23 @@ def _base(d: _Doc, release: dict[str, Any], extras: dict[str, Any], arch: str) -
         )  # fmt: skip
         d.rel(base_id, "CONTAINS", pid)
     return base_id
+
+
+def _platform_sysexts(
+    d: _Doc, release: dict[str, Any], extras: dict[str, Any]
+) -> dict[str, list[str]]:
+    """Each platform's OEM sysext (in that platform's outputs only), with its files."""
+    ids: dict[str, list[str]] = {}
+    for p, rec in sorted((release.get("platforms") or {}).items()):
+        sx = rec.get("sysext")
+        if not sx:
+            ids[p] = []
+            continue
+        name = sx["name"]
+        own = {"sysext_contents": {name: (extras.get("oem_contents") or {}).get(p) or []},
+               "sysext_sources": {name: rec.get("source")}}  # fmt: skip
+        ids[p] = [_sysext(d, {**sx, "path": sx.get("path")}, own)]
+    return ids
 
 
 def _sysext(d: _Doc, s: dict[str, Any], extras: dict[str, Any]) -> str:

@@ -109,7 +109,8 @@ def test_every_sysext_file_names_its_origin(release):
         for a, bs in _rels(doc, kind).items():
             origin_rels.setdefault(a, []).extend(bs)
     sysexts = {p["name"]: p for p in doc["packages"] if p["SPDXID"].startswith("SPDXRef-Sysext")}
-    assert set(sysexts) == {"azure-base", "fetched", "aks-node"}
+    # The product's, and each platform's OEM sysext (files read back from the image).
+    assert set(sysexts) == {"azure-base", "fetched", "aks-node", "oem-azure", "oem-qemu"}
     for s in rel["sysexts"]:
         pkg = sysexts[s["name"]]
         assert pkg["checksums"] == [{"algorithm": "SHA256", "checksumValue": s["sha256"]}]
@@ -137,6 +138,9 @@ def test_every_sysext_file_names_its_origin(release):
     # The prebuilt image's files: read back from it, origin the image with its sha256.
     aks = [fid for fid in contains[sysexts["aks-node"]["SPDXID"]] if fid in files]
     assert all('"kind":"prebuilt"' in files[f]["comment"] for f in aks)
+    oem = [fid for fid in contains[sysexts["oem-azure"]["SPDXID"]] if fid in files]
+    assert oem and all('"image":"OEM:/sysext/oem-azure-9999.2.0.raw"' in files[f]["comment"]
+                       and origin_rels.get(f) for f in oem)  # fmt: skip
 
 
 def test_base_outputs_and_ignition(release):
@@ -158,6 +162,16 @@ def test_base_outputs_and_ignition(release):
         o = next(o for o in rel["outputs"] if o["file"] == pkgs[i]["packageFileName"])
         assert pkgs[i]["checksums"][0]["checksumValue"] == o["sha256"]
         assert "SPDXRef-Base" in _rels(doc, "CONTAINS")[i]
+    # Each platform's OEM sysext is in that platform's outputs only, with its files.
+    for i in described:
+        o = next(o for o in rel["outputs"] if o["file"] == pkgs[i]["packageFileName"])
+        oem = [pkgs[c] for c in _rels(doc, "CONTAINS")[i] if pkgs[c]["name"].startswith("oem-")]
+        sx = rel["platforms"][o["platform"]]["sysext"]
+        assert [(p["name"], p["packageFileName"], p["checksums"][0]["checksumValue"])
+                for p in oem] == [(sx["name"], sx["path"], sx["sha256"])]  # fmt: skip
+        files = [f["fileName"] for f in doc["files"] if f["SPDXID"] in
+                 _rels(doc, "CONTAINS")[oem[0]["SPDXID"]]]  # fmt: skip
+        assert f"./usr/share/oem-{o['platform']}/README" in files
     ign = pkgs["SPDXRef-Ignition"]
     assert ign["checksums"][0]["checksumValue"] == rel["ignition"]["sha256"]
     (src,) = _rels(doc, "GENERATED_FROM")["SPDXRef-Ignition"]
