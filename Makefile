@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Debian packages: the real tools acl-compose drives and the tests cross-check against.
 DEB_PACKAGES := python3 python3-venv git make gnupg gpgv openssl curl ca-certificates \
 	cryptsetup-bin gdisk fdisk mtools dosfstools e2fsprogs btrfs-progs erofs-utils squashfs-tools \
-	bzip2 lbzip2 xz-utils zstd mmdebstrap grub-efi-amd64-bin grub-common \
+	bzip2 lbzip2 xz-utils zstd mmdebstrap grub-efi-amd64-bin grub-pc-bin grub-common \
 	qemu-system-x86 qemu-utils ovmf openssh-client openssh-server busybox-static \
 	systemd-container ignition procps skopeo \
 	genisoimage udftools

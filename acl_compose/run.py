@@ -39,6 +39,7 @@ PACKAGES = {
     "e2fsck": "e2fsprogs",
     "mmdebstrap": "mmdebstrap",
     "grub-mkstandalone": "grub-common",
+    "grub-mkimage": "grub-common",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",
     "systemd-dissect": "systemd-container",

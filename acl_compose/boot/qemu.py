@@ -13,6 +13,7 @@ SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acl_compose.boot.evidence import keep_failure
 from acl_compose.boot.kvm import choose_accel
 from acl_compose.errors import AclComposeError, InputError, ToolError
 from acl_compose.image.bootfiles import kernel_boot_files
@@ -76,7 +78,7 @@ _ANSI = re.compile(rb"\x1b\[[0-9;?=]*[A-Za-z]")
 class BootError(AclComposeError):
     """The VM did not come up (QEMU died, timed out, or the system is not healthy)."""
 
-    hint = "see the console log named in the message; rerun with -v for QEMU's command line"
+    hint = "see the console log named in the message"
 
 
 class BootTimeout(BootError):
@@ -209,6 +211,8 @@ class VM:
         extra_args: list[str] | None = None,
         net_options: list[str] | None = None,
         platform: str = "qemu",
+        failure_dir: str | os.PathLike[str] | None = None,
+        failure_prefix: str = "",
     ) -> None:
         self.image = Path(image).resolve()
         if platform not in PLATFORMS:
@@ -236,6 +240,10 @@ class VM:
         self.net_options = list(net_options or [])
         if any(o.replace(" ", "").startswith("restrict=") for o in self.net_options):
             raise InputError("net_options may not set restrict=", hint="guests stay isolated")
+        # Where a failed boot's console log, QEMU command line and stderr are kept (see
+        # evidence.py): `failure_prefix` + console.log, ... in it; default: a new temp folder.
+        self.failure_dir = Path(failure_dir).resolve() if failure_dir else None
+        self.failure_prefix = failure_prefix
         self.workdir: Path | None = None
         self.console_log = Path(console_log).resolve() if console_log else None
         self.accel = ""
@@ -258,13 +266,13 @@ class VM:
     def __enter__(self) -> VM:
         try:
             self.start()
-        except BaseException:
-            self.stop()
+        except BaseException as e:
+            self.stop(failure=e)
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.stop(failure=exc)
 
     @property
     def pid(self) -> int | None:
@@ -414,8 +422,11 @@ class VM:
             raise BootError(f"qemu exited at start: {err_text.strip().splitlines()[-1:]}")
         raise BootError(f"no free port for SSH after {attempts} attempts")
 
-    def stop(self) -> None:
-        """Kill QEMU's process group and remove the temporary directory (unless keep)."""
+    def stop(self, failure: BaseException | None = None) -> None:
+        """Kill QEMU's process group and remove the temporary directory (unless keep).
+
+        After a `failure` (not Ctrl-C) the console log, command line and QEMU's stderr are
+        copied out first and the error is made to name the copies (evidence.py)."""
         try:
             if self.proc is not None:
                 kill_group(self.proc)
@@ -423,6 +434,9 @@ class VM:
                 self.azure.__exit__(None, None, None)
             self.azure = None
         finally:
+            if isinstance(failure, Exception):
+                with contextlib.suppress(OSError):
+                    keep_failure(self, failure)
             if self.workdir and not self.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             self._restore_sigterm()

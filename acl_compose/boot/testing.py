@@ -29,6 +29,7 @@ from typing import Any
 
 from acl_compose.boot import qemu
 from acl_compose.errors import InputError, ToolError
+from acl_compose.image import firmware as firmware_check
 from acl_compose.ui import info, opt, warn
 
 ENV_RELEASE = "ACL_COMPOSE_RELEASE_JSON"
@@ -206,6 +207,8 @@ def run_suites(
     image = Path(image).resolve()
     if not image.is_file():
         raise InputError(f"{image}: image not found", hint="pass a composed disk image")
+    # An image this firmware cannot boot is refused now, with the reason, not after a timeout.
+    firmware_check.require(image, firmware)
     suites = [Path(s).resolve() for s in (suites or [default_suite_dir()])]
     for s in suites:
         if not s.exists():
@@ -222,8 +225,11 @@ def run_suites(
     groups = split_suites(suites, parallel)
     n = len(groups)
 
+    def prefix(i: int) -> str:
+        return f"{stem}." if n == 1 else f"{stem}.vm{i + 1}."
+
     def artifact(i: int, what: str) -> Path:
-        return junit_xml.parent / (f"{stem}.{what}" if n == 1 else f"{stem}.vm{i + 1}.{what}")
+        return junit_xml.parent / f"{prefix(i)}{what}"
 
     result = SuiteResult(junit_xml=junit_xml, counts=Counts(), returncode=1, firmware=firmware)
     with contextlib.ExitStack() as stack:
@@ -238,6 +244,8 @@ def run_suites(
                 ignition=ignition,
                 cache_dir=cache_dir,
                 console_log=artifact(i, "console.log"),
+                failure_dir=junit_xml.parent,  # a failed boot's command line lands beside it
+                failure_prefix=prefix(i),
                 name=f"vm{i + 1}",
                 boot_timeout=boot_timeout,
                 platform=platform,

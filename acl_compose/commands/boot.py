@@ -10,6 +10,7 @@ import click
 
 from acl_compose.boot import ACCELS, FIRMWARES, PLATFORMS, VM, boot_and_wait, run_suites
 from acl_compose.errors import VerificationError
+from acl_compose.image import firmware as firmware_check
 from acl_compose.ui import App, info, pass_app, warn
 
 _image = click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -62,7 +63,12 @@ _timeout = click.option(
 @_ignition
 @_platform
 @click.option("--ssh", is_flag=True, help="Wait for SSH and print how to log in.")
-@click.option("--keep", is_flag=True, help="Keep the VM's temporary directory (overlay, log).")
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Keep the VM's temporary directory (overlay, log). Without it a failed boot still "
+    "keeps its console log and QEMU command line, in a folder the error names.",
+)
 @click.option(
     "--run", "command", metavar="CMD", help="Run CMD over SSH (implies --ssh), then stop."
 )
@@ -85,6 +91,8 @@ def boot_cmd(
     """Boot IMAGE under QEMU (the image is never written) until Ctrl-C or power-off."""
     if command and not ssh:
         ssh = True
+    # An image this firmware cannot boot is refused now, with the reason, not after a timeout.
+    firmware_check.require(image, firmware)
     with VM(
         image,
         firmware=firmware,

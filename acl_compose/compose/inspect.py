@@ -1,8 +1,9 @@
 """`acl-compose inspect IMAGE`: what a composed (or upstream) disk image holds, read offline.
 
-Partition table, Flatcar version (from USR's os-release), /usr verity status (the hash in the
-kernel against the recomputed tree), OEM id, baked Ignition configs, and the sysexts in ROOT
-with their version and signature status.
+Partition table, the firmwares that can boot it (UEFI loader, BIOS boot code and GRUB core
+image), Flatcar version (from USR's os-release), /usr verity status (the hash in the kernel
+against the recomputed tree), OEM id, baked Ignition configs, and the sysexts in ROOT with
+their version and signature status.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from acl_compose import util
 from acl_compose.errors import AclComposeError, InputError
-from acl_compose.image import fs, gpt, usr
+from acl_compose.image import firmware, fs, gpt, usr
 from acl_compose.run import run
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -228,6 +229,9 @@ def inspect_image(
         with raw_view(path, work) as img:
             disk = gpt.read(img)
             report: dict[str, Any] = {"image": str(path), "disk": disk.to_json()}
+            report["firmware"] = {
+                name: s.to_json() for name, s in firmware.boot_support(img).items()
+            }
             report.update(inspect_usr(img, disk, work, board, verify_usr))
             report["oem"], err = _ok(read_oem, img, disk, work)
             if err:
@@ -295,6 +299,9 @@ def format_text(r: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {p['number']:<2} {p['label']:<16} {size:>10}  {p['type_guid']}  {p['guid']}"
         )
+    for name, fw in (r.get("firmware") or {}).items():
+        verdict = "boots" if fw["bootable"] else "CANNOT boot"
+        lines.append(f"{name.upper()}: {verdict}: {fw['reason']}")
     osr = r.get("os_release") or {}
     level = osr.get("SYSEXT_LEVEL", "-")
     name = f"{osr.get('NAME', '?')} {osr.get('VERSION', '?')}"

@@ -323,15 +323,6 @@ def test_boot_cli_refuses_missing_image(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "missing.bin" in proc.stderr
 
 
-def test_boot_cli_reports_a_guest_that_never_answers(blank_image: Path, tmp_path: Path) -> None:
-    proc = run_cli(
-        "--cache-dir", tmp_path / "cache", "boot", blank_image, "--accel", "tcg",
-        "--boot-timeout", "3", "--run", "true",
-    )  # fmt: skip
-    assert proc.returncode == 1
-    assert "error: no healthy SSH after 3s" in proc.stderr and "console" in proc.stderr
-
-
 @pytest.mark.integration
 def test_pytest_plugin_direct_kernel_boot(composed_release, tmp_path: Path) -> None:
     """`pytest qemu-tests/ --image` boots once itself; `--firmware kernel` still seals /usr.
