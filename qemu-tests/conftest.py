@@ -51,7 +51,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if not image or getattr(config.option, "hosts", None):
         return
     from acl_compose.boot import qemu  # only needed when this plugin boots the VM itself
+    from acl_compose.errors import InputError
+    from acl_compose.image import firmware
 
+    try:  # an image this firmware cannot boot is refused now, not after the boot timeout
+        firmware.require(image, config.getoption("--firmware"))
+    except InputError as e:
+        raise pytest.UsageError(f"{e.message}\nhint: {e.hint}") from None
     vm = qemu.VM(
         image,
         firmware=config.getoption("--firmware"),
@@ -64,9 +70,9 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         vm.start()
         result = vm.wait_ssh()
-    except BaseException:
+    except BaseException as e:
         tail = vm.console_tail(25)
-        vm.stop()
+        vm.stop(failure=e)  # keeps the console log and QEMU command line, named in `e`
         if tail:
             print(f"--- console tail ---\n{tail}")
         raise

@@ -7,8 +7,11 @@ the command returned; `--keep` keeps the whole VM directory as before.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +19,7 @@ import pytest
 
 from acl_compose.boot import evidence, qemu
 from tests import tinydisk
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -129,3 +132,20 @@ def test_test_command_keeps_them_beside_the_junit(panic_disk: Path, tmp_path: Pa
     assert "-drive if=pflash" in (junit.parent / "junit.qemu-cmdline.txt").read_text()
     assert (junit.parent / "junit.qemu-stderr.txt").is_file()
     assert not list(tmp_path.glob("acl-*")), "nothing left in the temp dir"
+
+
+def test_qemu_tests_plugin_keeps_them_too(panic_disk: Path, tmp_path: Path) -> None:
+    """`pytest qemu-tests/ --image`: the boot fails in the plugin; its error names the kept
+    console log."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "qemu-tests/test_health.py", "--image", str(panic_disk),
+         "--firmware", "bios", "--accel", "tcg", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)},
+        timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    m = re.search(r"console: (\S+/acl-boot-failed-qemu-tests-\w+/console\.log)", out)
+    assert m, out[-3000:]
+    assert "acl-compose tiny test disk" in Path(m.group(1)).read_text(errors="replace")
+    assert (Path(m.group(1)).parent / "qemu-cmdline.txt").is_file()

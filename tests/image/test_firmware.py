@@ -7,8 +7,11 @@ same disks boot under QEMU in tests/boot/test_evidence.py; here nothing boots.
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from acl_compose.errors import InputError
 from acl_compose.image import biosboot, firmware, gpt
 from acl_compose.run import run
 from tests import tinydisk
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -185,3 +188,20 @@ def test_module_files_are_xz_and_leave_out_the_core(tmp_path: Path) -> None:
     assert not names & {f"{m}.mod" for m in biosboot.MODULES}
     out = run(["xz", "-dc", folder / "linux.mod"]).stdout
     assert out == (biosboot.GRUB_PC / "linux.mod").read_bytes()
+
+
+def test_qemu_tests_plugin_refuses_too(tiny: Path, tmp_path: Path) -> None:
+    """`pytest qemu-tests/ --image IMAGE --firmware bios`: the same refusal, as a usage error."""
+    _patch(tiny, 0, bytes(440))
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "qemu-tests/test_health.py", "--image", str(tiny),
+         "--firmware", "bios", "-p", "no:cacheprovider"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stdout + proc.stderr  # pytest's usage error
+    assert "cannot boot with --firmware bios: the protective MBR holds no boot code" in (
+        proc.stderr
+    )
+    assert time.monotonic() - start < 10
+    assert not list(tmp_path.glob("acl-*"))
