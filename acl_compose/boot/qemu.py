@@ -13,7 +13,6 @@ SIGTERM and (via PR_SET_PDEATHSIG) when this process dies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -30,6 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from acl_compose.boot.access import (
+    PREAUTH_FAILURES,
+    add_ssh_key,
+    generate_ssh_key,
+    load_user_config,
+    ssh_config_text,
+)
 from acl_compose.boot.evidence import keep_failure
 from acl_compose.boot.kvm import choose_accel
 from acl_compose.errors import AclComposeError, InputError, ToolError
@@ -110,78 +116,6 @@ def image_format(image: Path) -> str:
     return str(json.loads(out)["format"])
 
 
-def generate_ssh_key(directory: Path) -> tuple[Path, str]:
-    """An ephemeral ed25519 key pair for one run: (private key path, public key line)."""
-    key = directory / "id_ed25519"
-    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "acl-compose-vm", "-f", str(key)])
-    return key, key.with_suffix(".pub").read_text().strip()
-
-
-def load_user_config(path: Path | None) -> dict[str, Any]:
-    """Read an Ignition config (.ign JSON, or YAML rendered by acl_compose.ignition)."""
-    if path is None:
-        return {"ignition": {"version": "3.3.0"}}
-    if not path.is_file():
-        raise InputError(
-            f"{path}: Ignition config not found", hint="pass an existing .ign or .yaml"
-        )
-    if path.suffix in (".yaml", ".yml", ".bu"):
-        from acl_compose import ignition  # the ignition helper's module; only needed for YAML
-
-        return ignition.load(path)
-    try:
-        config = json.loads(path.read_text())
-    except ValueError as e:
-        raise InputError(f"{path}: not valid JSON: {e}", hint="pass an Ignition .ign file") from e
-    if not isinstance(config, dict) or "ignition" not in config:
-        raise InputError(f"{path}: no 'ignition' key", hint="pass an Ignition 3.x config")
-    return config
-
-
-def add_ssh_key(config: dict[str, Any], pubkey: str, user: str = "core") -> dict[str, Any]:
-    """Return a copy of `config` whose `user` also accepts `pubkey` (creating the user entry)."""
-    config = json.loads(json.dumps(config))
-    users = config.setdefault("passwd", {}).setdefault("users", [])
-    for entry in users:
-        if entry.get("name") == user:
-            keys = entry.setdefault("sshAuthorizedKeys", [])
-            if pubkey not in keys:
-                keys.append(pubkey)
-            break
-    else:
-        users.append({"name": user, "sshAuthorizedKeys": [pubkey]})
-    return config
-
-
-# ssh's messages when the connection failed before authentication (the command never ran).
-_PREAUTH_FAILURES = (
-    b"banner exchange",
-    b"kex_exchange_identification",
-    b"Connection refused",
-    b"Connection reset",
-    b"Connection timed out",
-)
-
-
-def ssh_config_text(port: int, key: Path, host: str = "vm", user: str = "core") -> str:
-    """An ssh_config stanza for the VM (testinfra drops --ssh-extra-args, so all goes here)."""
-    return (
-        f"Host {host}\n"
-        f"  HostName 127.0.0.1\n"
-        f"  Port {port}\n"
-        f"  User {user}\n"
-        f"  IdentityFile {key}\n"
-        f"  IdentitiesOnly yes\n"
-        f"  StrictHostKeyChecking no\n"
-        f"  UserKnownHostsFile /dev/null\n"
-        f"  LogLevel ERROR\n"
-        f"  BatchMode yes\n"
-        f"  ConnectTimeout 30\n"
-        f"  ServerAliveInterval 10\n"
-        f"  ServerAliveCountMax 6\n"
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The VM
 
@@ -211,8 +145,6 @@ class VM:
         extra_args: list[str] | None = None,
         net_options: list[str] | None = None,
         platform: str = "qemu",
-        failure_dir: str | os.PathLike[str] | None = None,
-        failure_prefix: str = "",
     ) -> None:
         self.image = Path(image).resolve()
         if platform not in PLATFORMS:
@@ -240,10 +172,6 @@ class VM:
         self.net_options = list(net_options or [])
         if any(o.replace(" ", "").startswith("restrict=") for o in self.net_options):
             raise InputError("net_options may not set restrict=", hint="guests stay isolated")
-        # Where a failed boot's console log, QEMU command line and stderr are kept (see
-        # evidence.py): `failure_prefix` + console.log, ... in it; default: a new temp folder.
-        self.failure_dir = Path(failure_dir).resolve() if failure_dir else None
-        self.failure_prefix = failure_prefix
         self.workdir: Path | None = None
         self.console_log = Path(console_log).resolve() if console_log else None
         self.accel = ""
@@ -426,7 +354,7 @@ class VM:
         """Kill QEMU's process group and remove the temporary directory (unless keep).
 
         After a `failure` (not Ctrl-C) the console log, command line and QEMU's stderr are
-        copied out first and the error is made to name the copies (evidence.py)."""
+        kept and the error names them (evidence.py)."""
         try:
             if self.proc is not None:
                 kill_group(self.proc)
@@ -434,9 +362,7 @@ class VM:
                 self.azure.__exit__(None, None, None)
             self.azure = None
         finally:
-            if isinstance(failure, Exception):
-                with contextlib.suppress(OSError):
-                    keep_failure(self, failure)
+            keep_failure(self, failure)
             if self.workdir and not self.keep:
                 shutil.rmtree(self.workdir, ignore_errors=True)
             self._restore_sigterm()
@@ -525,7 +451,7 @@ class VM:
         argv = ["ssh", "-F", str(self.ssh_config), *extra, "vm", command]
         for attempt in range(retries + 1):
             proc = run(argv, check=False, timeout=timeout)
-            preauth = proc.returncode == 255 and any(m in proc.stderr for m in _PREAUTH_FAILURES)
+            preauth = proc.returncode == 255 and any(m in proc.stderr for m in PREAUTH_FAILURES)
             if not preauth or attempt == retries:
                 break
             time.sleep(2)

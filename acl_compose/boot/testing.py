@@ -225,11 +225,8 @@ def run_suites(
     groups = split_suites(suites, parallel)
     n = len(groups)
 
-    def prefix(i: int) -> str:
-        return f"{stem}." if n == 1 else f"{stem}.vm{i + 1}."
-
-    def artifact(i: int, what: str) -> Path:
-        return junit_xml.parent / f"{prefix(i)}{what}"
+    def artifact(i: int, what: str) -> Path:  # a failed boot's evidence joins the console log
+        return junit_xml.parent / (f"{stem}.{what}" if n == 1 else f"{stem}.vm{i + 1}.{what}")
 
     result = SuiteResult(junit_xml=junit_xml, counts=Counts(), returncode=1, firmware=firmware)
     with contextlib.ExitStack() as stack:
@@ -244,8 +241,6 @@ def run_suites(
                 ignition=ignition,
                 cache_dir=cache_dir,
                 console_log=artifact(i, "console.log"),
-                failure_dir=junit_xml.parent,  # a failed boot's command line lands beside it
-                failure_prefix=prefix(i),
                 name=f"vm{i + 1}",
                 boot_timeout=boot_timeout,
                 platform=platform,

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,25 +42,38 @@ def _named_console(stderr: str) -> Path:
     return Path(m.group(1))
 
 
-def test_keep_failure_renames_paths_in_the_error(tmp_path: Path) -> None:
+def test_keep_failure_renames_paths_in_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     work = tmp_path / "acl-vm-x"
     work.mkdir()
     (work / "console.log").write_text("Kernel panic - not syncing: x\n")
     (work / "qemu.stderr").write_text("qemu: terminating\n")
     vm = SimpleNamespace(name="vm", keep=False, workdir=work, console_log=work / "console.log",
-                         argv=["qemu-system-x86_64", "-drive", "file=a b"],
-                         failure_dir=tmp_path / "kept", failure_prefix="junit.")  # fmt: skip
+                         argv=["qemu-system-x86_64", "-drive", "file=a b"])  # fmt: skip
     err = qemu.BootError(f"guest failed; console: {work}/console.log (overlay {work}/disk)")
     folder = evidence.keep_failure(vm, err)  # type: ignore[arg-type]
-    assert folder == tmp_path / "kept"
-    kept = folder / "junit.console.log"
+    assert folder and folder.parent == tmp_path and folder.name.startswith("acl-boot-failed-vm-")
+    kept = folder / "console.log"
     assert err.message == f"guest failed; console: {kept} (overlay {folder}/disk)"
     assert kept.read_text() == "Kernel panic - not syncing: x\n"
-    assert (folder / "junit.qemu-cmdline.txt").read_text() == (
-        "qemu-system-x86_64 -drive 'file=a b'\n"
-    )
-    assert (folder / "junit.qemu-stderr.txt").read_text() == "qemu: terminating\n"
-    assert str(kept) in err.hint and "junit.qemu-cmdline.txt" in err.hint
+    assert (folder / "qemu-cmdline.txt").read_text() == "qemu-system-x86_64 -drive 'file=a b'\n"
+    assert (folder / "qemu-stderr.txt").read_text() == "qemu: terminating\n"
+    assert str(kept) in err.hint and "qemu-cmdline.txt" in err.hint
+    # A console log the caller placed (test: beside the JUnit XML): the rest joins it.
+    beside = tmp_path / "res" / "junit.console.log"
+    beside.parent.mkdir()
+    beside.write_text("x\n")
+    vm.console_log = beside
+    err = qemu.BootError(f"guest failed; console: {beside}")
+    assert evidence.keep_failure(vm, err) == beside.parent  # type: ignore[arg-type]
+    assert err.message == f"guest failed; console: {beside}"
+    assert (beside.parent / "junit.qemu-cmdline.txt").is_file()
+    assert sorted(p.name for p in beside.parent.iterdir()) == [
+        "junit.console.log", "junit.qemu-cmdline.txt", "junit.qemu-stderr.txt"]  # fmt: skip
+    # Ctrl-C is no failure: nothing kept.
+    assert evidence.keep_failure(vm, KeyboardInterrupt()) is None  # type: ignore[arg-type]
     # QEMU never started (e.g. a bad Ignition config): nothing to keep, the error unchanged.
     vm.argv = []
     other = qemu.BootError("x")
@@ -67,11 +81,14 @@ def test_keep_failure_renames_paths_in_the_error(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_keeps_nothing(silent_disk: Path, tmp_path: Path) -> None:
+    console = tmp_path / "kept" / "console.log"
+    console.parent.mkdir()
     vm = qemu.VM(silent_disk, firmware="bios", accel="tcg", ssh=False, cache_dir=tmp_path,
-                 failure_dir=tmp_path / "kept")  # fmt: skip
+                 console_log=console)  # fmt: skip
     with pytest.raises(KeyboardInterrupt), vm:
         raise KeyboardInterrupt
-    assert not (tmp_path / "kept").exists() and not vm.workdir.exists()  # type: ignore[union-attr]
+    assert not vm.workdir.exists()  # type: ignore[union-attr]
+    assert [p.name for p in console.parent.iterdir()] == ["console.log"]
 
 
 def test_boot_failure_keeps_console_and_command_line(panic_disk: Path, tmp_path: Path) -> None:
