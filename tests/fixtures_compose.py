@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from acl_compose.image import gpt
+from acl_compose.image.oem import make_oem_filesystem
 from acl_compose.trust import verity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,10 +69,13 @@ def build_mini_flatcar(
     os_release: str = OS_RELEASE,
     oem_platforms: tuple[str, ...] = ("azure", "qemu"),
     legacy_oem: str | None = None,
+    esp_extra: dict[str, bytes] | None = None,
+    usr_fs: str = "btrfs",
 ) -> MiniImage:
     """A ~200 MiB (sparse, ~15 MiB of data) Flatcar-shaped GPT disk image, and beside it the
     OEM sysexts of `oem_platforms` (unsigned); `legacy_oem` makes its OEM partition that
-    platform's, the way Flatcar had it before OEM sysexts."""
+    platform's, the way Flatcar had it before OEM sysexts; `esp_extra` adds files to the ESP
+    (path -> content); `usr_fs="ext2"` makes /usr as before Flatcar 3815."""
     out.parent.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     # USR-A: btrfs holding /usr (lib/os-release), shrunk, then the verity tree after it.
@@ -81,9 +85,14 @@ def build_mini_flatcar(
     (usr_tree / "bin").mkdir()
     (usr_tree / "bin" / "hello").write_bytes(os.urandom(300_000))
     usr_img = work / "usr.img"
-    with open(usr_img, "wb") as f:
-        f.truncate(64 * MIB)
-    _sh("mkfs.btrfs", "-q", "-f", "-M", "-r", usr_tree, "--shrink", usr_img)
+    if usr_fs == "ext2":  # disk_util FormatExt's options, 16 MiB
+        _sh("mke2fs", "-q", "-F", "-t", "ext2", "-b", "4096", "-i", "4096", "-I", "256",
+            "-d", usr_tree, usr_img, "4096")  # fmt: skip
+        _sh("tune2fs", "-U", "clear", "-m", "0", "-r", "0", usr_img)
+    else:
+        with open(usr_img, "wb") as f:
+            f.truncate(64 * MIB)
+        _sh("mkfs.btrfs", "-q", "-f", "-M", "-r", usr_tree, "--shrink", usr_img)
     fs_size = usr_img.stat().st_size
     res = verity.create(usr_img, usr_img, hash_offset=fs_size, data_blocks=fs_size // 4096)
     # Kernel with the root hash at byte 64 (as Flatcar's build does).
@@ -95,6 +104,9 @@ def build_mini_flatcar(
     mt = {"MTOOLS_SKIP_CHECK": "1"}
     _sh("mmd", "-i", esp, "::/flatcar", env=mt)
     _sh("mcopy", "-i", esp, work / "vmlinuz-a", "::/flatcar/vmlinuz-a", env=mt)
+    for i, (name, data) in enumerate(sorted((esp_extra or {}).items())):
+        (work / f"esp-extra-{i}").write_bytes(data)
+        _sh("mcopy", "-i", esp, work / f"esp-extra-{i}", f"::/{name}", env=mt)
     # OEM: btrfs, empty like the generic image's (no platform yet); each platform's OEM
     # sysext lies beside the image, as in Flatcar's SDK output folder.
     oem_tree = work / "oem"
@@ -106,9 +118,8 @@ def build_mini_flatcar(
     for platform in oem_platforms:
         build_oem_sysext(out.parent, work / f"oem-{platform}", platform, "9999.2.0")
     oem_img = work / "oem.img"
-    with open(oem_img, "wb") as f:
-        f.truncate(32 * MIB)
-    _sh("mkfs.btrfs", "-q", "-f", "-M", "-L", "OEM", "-r", oem_tree, oem_img)
+    # As Flatcar's FormatBtrfs: mixed, label OEM, compression=zlib on everything.
+    make_oem_filesystem(oem_tree, oem_img, 32 * MIB, "OEM", str(uuid.uuid4()))
     # ROOT: ext4 with /etc.
     root_tree = work / "root"
     (root_tree / "etc").mkdir(parents=True)
@@ -128,7 +139,8 @@ def build_mini_flatcar(
     parts, lba = [], 2048
     for number, name, tguid, size, _src in sizes:
         guid = USR_PARTUUID if name == "USR-A" else str(uuid.uuid4())
-        parts.append(gpt.Partition(number, tguid, guid, name, lba, lba + size // 512 - 1))
+        attrs = (1 << 48) | (1 << 56) if name == "USR-A" else 0  # gptprio: priority 1, good
+        parts.append(gpt.Partition(number, tguid, guid, name, lba, lba + size // 512 - 1, attrs))
         lba += size // 512
     total = (lba + 2048) * 512
     out.unlink(missing_ok=True)

@@ -266,8 +266,8 @@ class VM:
                 hint="convert it first: qemu-img convert -O raw IMAGE IMAGE.bin",
             )
         warn(f"{opt('--firmware kernel', 'a direct kernel boot')} boots the ESP's kernel "
-             "directly: firmware and bootloader logic (GRUB's first-boot and verity hash "
-             "handling, UKI add-ons) are skipped")  # fmt: skip
+             "directly: firmware and GRUB are skipped (the command line GRUB would build is "
+             "synthesized from the image)")  # fmt: skip
         kernel, initrd, cmdline = kernel_boot_files(self.image, self.workdir)
         args = ["-kernel", str(kernel), "-append", cmdline]
         if initrd:

@@ -1,77 +1,135 @@
-"""Kernel, initramfs and command line of a Flatcar-style image, for direct kernel boot.
+"""Kernel, initramfs and Flatcar's kernel command line read from an image, for direct boot.
 
-Read from the image's ESP with mtools at the GPT offset; the command line is GRUB's first
-menu entry with its unconditional `set` variables resolved. Direct boot skips firmware and
-bootloader logic, so the first-boot flags GRUB would add on a fresh image are added here.
+A Flatcar ESP has no readable grub.cfg: it lives in GRUB's memdisk and the /usr arguments are
+built at boot by GRUB (build_library/grub.cfg). So the command line is synthesized from the
+image the way that grub.cfg builds it: the USR partition gptprio would pick (highest
+priority that succeeded or has tries left) and its kernel, the /usr root hash at byte 64 of
+that kernel (what Flatcar's GRUB appends as verity.usrhash=), `oem_id`, `linux_console` and
+`linux_append` from OEM:/grub.cfg (else the id from OEM:/oem-release), the first-boot flag
+while the ESP has flatcar/first_boot, and the serial console.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from acl_compose.errors import InputError
-from acl_compose.run import run
-from acl_compose.ui import opt
+from acl_compose.image import fs, gpt
+from acl_compose.image.osrelease import parse_os_release
 
-_GRUB_SET = re.compile(r'^set\s+(\w+)=(?:"([^"]*)"|(\S*))\s*$')
-_GRUB_VAR = re.compile(r"\$\{?(\w+)\}?")
+USR_A_PARTUUID = "7130c94a-213a-4e5a-8e26-6cce9662f132"  # grub.cfg: vmlinuz-a, else vmlinuz-b
+HASH_OFFSETS = {"amd64-usr": 64, "arm64-usr": 512}
+DEFAULT_CONSOLE = "console=ttyS0,115200n8 console=tty0"  # grub.cfg's choice under EFI on x86
+_GRUB_SET = re.compile(r'^\s*set\s+(\w+)=(?:"([^"]*)"|\'([^\']*)\'|(\S*))\s*$')
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _parse_grub_cfg(text: str) -> tuple[str, str | None, list[str]]:
-    """(kernel, initrd, args) of the first menu entry, with simple `set` variables resolved.
+@dataclass
+class BootSpec:
+    kernel: str  # ESP path, e.g. /flatcar/vmlinuz-a
+    initrd: str | None
+    args: list[str] = field(default_factory=list)
 
-    Only what GRUB needs no runtime for is resolved: unconditional `set name=value` lines;
-    tokens still holding a variable afterwards are dropped.
-    """
-    variables: dict[str, str] = {}
-    kernel, initrd, args = "/flatcar/vmlinuz-a", None, []
-    for raw in text.splitlines():
-        m = _GRUB_SET.match(raw)
-        if m:
-            variables[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
+    @property
+    def cmdline(self) -> str:
+        return " ".join(self.args)
+
+
+def grub_variables(text: str, variables: dict[str, str] | None = None) -> dict[str, str]:
+    """The unconditional `set name=value` lines of a GRUB config, `$name` references resolved
+    against what was set before (as OEM configs do: `set linux_append="$linux_append x"`)."""
+    out = dict(variables or {})
+    for line in text.splitlines():
+        m = _GRUB_SET.match(line)
+        if not m:
             continue
-        words = _GRUB_VAR.sub(lambda v: variables.get(v.group(1), v.group(0)), raw).split()
-        words = [re.sub(r"^\([^)]*\)", "", w) for w in words]  # drop "($root)" prefixes
-        if words and words[0] in ("linux", "linuxefi") and len(words) > 1 and not args:
-            kernel, args = words[1], [w for w in words[2:] if "$" not in w]
-        elif words and words[0] in ("initrd", "initrdefi") and len(words) > 1 and not initrd:
-            initrd = words[1]
-    return kernel, initrd, args
+        value = next(g for g in m.groups()[1:] if g is not None)
+        out[m[1]] = re.sub(r"\$\{?(\w+)\}?", lambda v: out.get(v[1], ""), value)
+    return out
+
+
+def usr_partition(disk: gpt.Disk) -> gpt.Partition:
+    """gptprio.next's choice: the highest priority USR partition that booted successfully or
+    has tries left (priority bits 48-51, tries 52-55, successful bit 56)."""
+    usr_type = gpt.TYPES["flatcar-usr"]
+    best: tuple[int, gpt.Partition] | None = None
+    for p in disk.partitions:
+        if p.type_guid != usr_type:
+            continue
+        prio, tries, ok = (p.attributes >> 48) & 15, (p.attributes >> 52) & 15, p.attributes >> 56
+        if prio and (tries or ok & 1) and (best is None or prio > best[0]):
+            best = (prio, p)
+    if best is None:
+        raise InputError(
+            "no USR partition is bootable (no gptprio priority with success or tries left)",
+            hint="is this a Flatcar image?",
+        )
+    return best[1]
+
+
+def _oem_settings(image: Path, disk: gpt.Disk) -> dict[str, str]:
+    try:
+        oem = disk.by_label("OEM")
+    except InputError:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="acl-oem-") as tmp:
+        part = Path(tmp) / "oem.img"
+        gpt.copy_out(image, oem, part)
+        if fs.btrfs_info(part) is None:
+            return {}
+        settings = grub_variables((fs.btrfs_read_file(part, "grub.cfg") or b"").decode())
+        if not settings.get("oem_id"):
+            release = fs.btrfs_read_file(part, "oem-release")
+            if release:
+                settings["oem_id"] = parse_os_release(release.decode()).get("ID", "")
+    return settings
+
+
+def flatcar_boot_spec(image: str | Path, board: str = "amd64-usr") -> BootSpec:
+    """What Flatcar's GRUB would boot: kernel, initramfs (testbed only) and command line."""
+    image = Path(image)
+    disk = gpt.read(image)
+    esp = disk.by_label("EFI-SYSTEM")
+    usr = usr_partition(disk)
+    suffix = "a" if usr.guid.lower() == USR_A_PARTUUID else "b"
+    kernel = f"/flatcar/vmlinuz-{suffix}"
+    listing = {n.rsplit("/", 1)[-1].lower() for n in fs.fat_list(image, esp.offset, "/flatcar")}
+    initrd = f"/flatcar/initrd-{suffix}" if f"initrd-{suffix}" in listing else None
+    with tempfile.TemporaryDirectory(prefix="acl-esp-") as tmp:
+        fs.fat_copy(image, esp.offset, kernel, Path(tmp) / "vmlinuz")
+        off = HASH_OFFSETS.get(board, 64)
+        with open(Path(tmp) / "vmlinuz", "rb") as f:
+            f.seek(off)
+            usr_hash = f.read(64).decode("ascii", errors="replace")
+    oem = _oem_settings(image, disk)
+    if _HEX64.match(usr_hash):
+        args = ["mount.usr=/dev/mapper/usr", f"verity.usr=PARTUUID={usr.guid.lower()}"]
+    else:  # an image without dm-verity: grub.cfg's non-verity variant
+        args, usr_hash = [f"mount.usr=PARTUUID={usr.guid.lower()}"], ""
+    args += ["rootflags=rw", "mount.usrflags=ro", "consoleblank=0", "root=LABEL=ROOT"]
+    args += (oem.get("linux_console") or DEFAULT_CONSOLE).split()
+    if "first_boot" in listing:
+        args.append("flatcar.first_boot=detected")
+    if oem.get("oem_id"):
+        args.append(f"flatcar.oem.id={oem['oem_id']}")
+    args += oem.get("linux_append", "").split()
+    if usr_hash:
+        args.append(f"verity.usrhash={usr_hash}")  # what Flatcar's GRUB appends
+    return BootSpec(kernel, initrd, args)
 
 
 def kernel_boot_files(image: Path, dest: Path) -> tuple[Path, Path | None, str]:
-    """Kernel, initramfs and command line from the image's ESP (grub.cfg), via mtools."""
-    from acl_compose.image import gpt  # the coordinator's GPT reader
-
-    disk = gpt.read(image)
-    esp = disk.by_label("EFI-SYSTEM")
-    if esp is None:
-        raise InputError(
-            f"{image}: no EFI-SYSTEM partition",
-            hint=f"{opt('--firmware kernel', 'a direct kernel boot')} needs an ESP",
-        )
-    spec = f"{image}@@{esp.offset}"
-    cfg_text = ""
-    for cand in ("::/EFI/boot/grub.cfg", "::/boot/grub/grub.cfg", "::/flatcar/grub/grub.cfg"):
-        proc = run(["mtype", "-i", spec, cand], check=False)
-        if proc.returncode == 0:
-            cfg_text = proc.stdout.decode(errors="replace")
-            break
-    kernel_rel, initrd_rel, args = _parse_grub_cfg(cfg_text)
-    # GRUB adds the first-boot flags while the ESP's flatcar/first_boot exists, as it does
-    # on a fresh image (the overlay starts fresh every time).
-    for key, extra in (
-        ("console=ttyS0", "console=ttyS0,115200n8"),
-        ("ignition.firstboot=", "ignition.firstboot=1"),
-        ("flatcar.first_boot=", "flatcar.first_boot=detected"),
-    ):
-        if not any(a.startswith(key) for a in args):
-            args.append(extra)
+    """Copy the kernel (and initramfs) off the ESP into `dest`; returns them and the
+    synthesized command line."""
+    spec = flatcar_boot_spec(image)
+    esp = gpt.read(image).by_label("EFI-SYSTEM")
     kernel = dest / "vmlinuz"
-    run(["mcopy", "-o", "-i", spec, f"::{kernel_rel}", str(kernel)])
+    fs.fat_copy(image, esp.offset, spec.kernel, kernel)
     initrd = None
-    if initrd_rel:
+    if spec.initrd:
         initrd = dest / "initrd"
-        run(["mcopy", "-o", "-i", spec, f"::{initrd_rel}", str(initrd)])
-    return kernel, initrd, " ".join(args)
+        fs.fat_copy(image, esp.offset, spec.initrd, initrd)
+    return kernel, initrd, spec.cmdline

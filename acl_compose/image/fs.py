@@ -15,7 +15,7 @@ import shutil
 import struct
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -118,6 +118,25 @@ def ext4_read(spec: str, path: str) -> bytes:
     return proc.stdout
 
 
+def ext4_read_file(spec: str, path: str, strip_prefix: str = "") -> bytes | None:
+    """A file's bytes, following symlinks (a few hops); None if absent. `strip_prefix` maps
+    absolute link targets into the filesystem (a USR image holds /usr at its root)."""
+    rel = "/" + path.strip("/")
+    for _ in range(8):
+        if not ext4_exists(spec, rel):
+            return None
+        target = ext4_readlink(spec, rel)
+        if target is None:
+            return ext4_read(spec, rel)
+        if not target.startswith("/"):
+            target = str(PurePosixPath(rel).parent / target)
+        target = os.path.normpath(target)
+        if strip_prefix and (target + "/").startswith(strip_prefix.rstrip("/") + "/"):
+            target = target[len(strip_prefix.rstrip("/")) :] or "/"
+        rel = target
+    return None
+
+
 def ext4_dump(spec: str, path: str, dest: str | os.PathLike[str]) -> None:
     """Copy a (large) file out of the filesystem into `dest`."""
     proc = run(["debugfs", "-R", f"dump {_q(path)} {_q(str(dest))}", spec])
@@ -213,6 +232,10 @@ class BtrfsInfo:
     sectorsize: int
     nodesize: int
     mixed: bool = False  # mixed data+metadata block groups (small filesystems)
+    csum: str = "crc32c"
+
+
+CSUM_TYPES = {0: "crc32c", 1: "xxhash", 2: "sha256", 3: "blake2"}
 
 
 def btrfs_info(path: str | os.PathLike[str], offset: int = 0) -> BtrfsInfo | None:
@@ -225,9 +248,11 @@ def btrfs_info(path: str | os.PathLike[str], offset: int = 0) -> BtrfsInfo | Non
     (total,) = struct.unpack_from("<Q", sb, 0x70)
     sectorsize, nodesize = struct.unpack_from("<II", sb, 0x90)
     (incompat,) = struct.unpack_from("<Q", sb, 0xBC)
+    (csum_type,) = struct.unpack_from("<H", sb, 0xC4)
     label = sb[0x12B : 0x12B + 256].split(b"\0", 1)[0].decode(errors="replace")
     fsid = str(uuid.UUID(bytes=sb[0x20:0x30]))
-    return BtrfsInfo(fsid, label, total, sectorsize, nodesize, bool(incompat & 0x4))
+    csum = CSUM_TYPES.get(csum_type, str(csum_type))
+    return BtrfsInfo(fsid, label, total, sectorsize, nodesize, bool(incompat & 0x4), csum)
 
 
 def btrfs_restore(
@@ -282,13 +307,15 @@ def btrfs_rebuild(
     size: int,
     like: BtrfsInfo,
     source_date_epoch: int | None = None,
+    fixup: Callable[[Path], None] | None = None,
 ) -> None:
-    """Make a btrfs image of `size` bytes holding `src_dir`, with the label, UUID and block
-    geometry of the filesystem it replaces (`like`).
+    """Make a btrfs image of `size` bytes holding `src_dir` (and the `user.*` xattrs of what
+    is below it), with the label, UUID, checksum and block geometry of `like`.
 
     Reproducibly: mkfs runs on a canonical copy of the tree and what it makes up (device and
     chunk-tree UUIDs, subvolume UUID, times) is pinned afterwards (image.btrfs_pin), with
-    times clamped to `source_date_epoch`.
+    times clamped to `source_date_epoch`. `fixup(out)` runs between the two: image.oem puts
+    back there the properties and other xattrs mkfs cannot write (see image/btrfs.py).
     """
     from acl_compose.image import btrfs_pin
 
@@ -298,11 +325,26 @@ def btrfs_rebuild(
         f.truncate(size)
     label, fs_uuid = like.label, like.uuid
     argv = ["mkfs.btrfs", "-q", "-f", "-L", label, "-U", fs_uuid, "-s", str(like.sectorsize)]
-    argv += ["-M"] if like.mixed else ["-n", str(like.nodesize)]
-    btrfs_pin.mkfs_canonical(Path(src_dir), argv, out, out.parent)
+    argv += ["--csum", like.csum]
+    # Flatcar's FormatBtrfs: --mixed -m single -d single (small filesystems share block groups).
+    argv += ["-M", "-m", "single", "-d", "single"] if like.mixed else ["-n", str(like.nodesize)]
+    try:
+        btrfs_pin.mkfs_canonical(Path(src_dir), argv, out, out.parent)
+        failure = ""
+    except ToolError as e:
+        failure = e.message
+    if not failure and out.stat().st_size > size:  # mkfs extends an image file that is too small
+        failure = f"the files need more than {size} bytes"
+    if failure:
+        raise ToolError(
+            f"mkfs.btrfs could not rebuild the {label or 'btrfs'} filesystem: {failure}",
+            hint="the content may not fit the partition; make the added files smaller",
+        )
     info = btrfs_info(out)
-    if info is None or info.uuid != fs_uuid or info.label != label:
-        raise ToolError(f"mkfs.btrfs did not keep label/UUID on {out}")
+    if info is None or info.uuid != fs_uuid or info.label != label or info.mixed != like.mixed:
+        raise ToolError(f"mkfs.btrfs did not keep label/UUID/mixed mode on {out}")
+    if fixup is not None:
+        fixup(out)
     btrfs_pin.pin(out, source_date_epoch)
 
 
@@ -333,6 +375,22 @@ def fat_read(image: str | os.PathLike[str], offset: int, path: str) -> bytes:
             hint="is this an ESP holding that file?",
         )
     return proc.stdout
+
+
+def fat_copy(
+    image: str | os.PathLike[str], offset: int, path: str, dest: str | os.PathLike[str]
+) -> None:
+    """Copy a (large) file out of a FAT filesystem at `offset` inside `image` into `dest`."""
+    proc = run(
+        ["mcopy", "-n", "-o", "-i", f"{image}@@{offset}", f"::/{path.lstrip('/')}", str(dest)],
+        env=_mtools_env(),
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise InputError(
+            f"{image}: cannot read {path} from the FAT filesystem at offset {offset}",
+            hint="is this an ESP holding that file?",
+        )
 
 
 def fat_list(image: str | os.PathLike[str], offset: int, path: str = "/") -> list[str]:

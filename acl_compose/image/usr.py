@@ -159,9 +159,28 @@ def extract(
     return Path(dest)
 
 
+def filesystem(usr_file: str | os.PathLike[str]) -> str | None:
+    """The USR partition's filesystem: btrfs (Flatcar 3815 on), ext2 (before), else None."""
+    if fs.btrfs_info(usr_file) is not None:
+        return "btrfs"
+    return "ext2" if _ext2_size(usr_file) else None
+
+
+def read_file(usr_file: str | os.PathLike[str], path: str) -> bytes | None:
+    """A file from an unmounted USR partition (btrfs restore or debugfs); None if absent."""
+    kind = filesystem(usr_file)
+    if kind == "btrfs":
+        return fs.btrfs_read_file(usr_file, path)
+    if kind == "ext2":
+        return fs.ext4_read_file(fs.ext4_spec(usr_file), path, strip_prefix="/usr")
+    raise InputError(
+        f"{usr_file}: USR-A holds neither btrfs nor ext2", hint="is this a Flatcar image?"
+    )
+
+
 def read_os_release(usr_file: str | os.PathLike[str]) -> tuple[str, dict[str, str]]:
     """os-release text and fields from a USR partition (its root is /usr)."""
-    data = fs.btrfs_read_file(usr_file, "lib/os-release")
+    data = read_file(usr_file, "lib/os-release")
     if data is None:
         raise InputError(
             f"{usr_file}: /usr/lib/os-release not found in USR-A", hint="is this a Flatcar image?"

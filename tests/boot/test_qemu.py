@@ -23,7 +23,6 @@ import pytest
 
 from acl_compose.boot import kvm, qemu
 from acl_compose.errors import InputError
-from acl_compose.image import bootfiles
 from acl_compose.util import sha256_file
 from tests.conftest import REPO, run_cli
 
@@ -289,33 +288,6 @@ def test_sigkill_of_harness_kills_qemu(blank_image: Path) -> None:
         time.sleep(0.1)
     assert not _alive(pid)
     shutil.rmtree(workdir, ignore_errors=True)  # nothing can clean up after SIGKILL
-
-
-def test_kernel_boot_files_come_from_the_esp(mini_flatcar, tmp_path: Path) -> None:
-    """--firmware kernel reads the kernel off the ESP (mtools at the GPT offset)."""
-    kernel, initrd, cmdline = bootfiles.kernel_boot_files(mini_flatcar.path, tmp_path)
-    assert kernel.read_bytes()[64:128] == mini_flatcar.root_hash.encode()
-    assert initrd is None  # the mini image has no grub.cfg naming one
-    assert "console=ttyS0" in cmdline and "ignition.firstboot=1" in cmdline
-
-
-def test_grub_cfg_variables_resolved() -> None:
-    cfg = textwrap.dedent(
-        """
-        set usrhash="abc123"
-        set first_boot=""
-        if [ -f ($root)/flatcar/first_boot ]; then
-          set first_boot="ignition.firstboot=1"
-        fi
-        menuentry "x" {
-          linux ($root)/flatcar/vmlinuz-a root=LABEL=ROOT verity.usrhash=$usrhash $first_boot x=${n}
-          initrd ($root)/flatcar/initrd-a
-        }
-        """
-    )
-    kernel, initrd, args = bootfiles._parse_grub_cfg(cfg)
-    assert (kernel, initrd) == ("/flatcar/vmlinuz-a", "/flatcar/initrd-a")
-    assert args == ["root=LABEL=ROOT", "verity.usrhash=abc123"]
 
 
 def test_boot_cli_refuses_missing_image(tmp_path: Path) -> None:
