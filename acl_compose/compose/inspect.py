@@ -2,8 +2,11 @@
 
 Partition table, the firmwares that can boot it (UEFI loader, BIOS boot code and GRUB core
 image), Flatcar version (from USR's os-release), /usr verity status (the hash in the kernel
-against the recomputed tree), OEM id, baked Ignition configs, and the sysexts in ROOT with
-their version and signature status.
+against the recomputed tree), OEM id and the OEM partition's platform sysexts, baked
+Ignition configs, and the product's sysexts with their version and signature status: on the
+OEM partition (OEM:/extensions, what compose writes; linked and trusted by the base config) and
+in ROOT (/opt/extensions with /etc/extensions links, the way Flatcar documents for images
+customized by hand).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from acl_compose import util
+from acl_compose.compose.placement import ETC_EXTENSIONS, OEM_EXTENSIONS, OEM_MOUNT, VERITY_D
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.image import firmware, fs, gpt, usr
 from acl_compose.run import run
@@ -72,6 +76,7 @@ def read_oem(img: Path, disk: gpt.Disk, work: Path) -> dict[str, Any]:
         part.unlink(missing_ok=True)
     out: dict[str, Any] = platform.read_layout(tree)
     out["configs"] = {}
+    out["tree"] = str(tree)  # for oem_sysexts; not part of the report
     if out["id"] is None:
         out["id"] = out["grub_oem_id"]
     for name in ("base/base.ign", "config.ign"):
@@ -125,8 +130,60 @@ def check_oem_sysexts(
             img.unlink(missing_ok=True)
 
 
+def _base_config_links(oem: dict[str, Any]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """From OEM base/base.ign: /etc/extensions link -> target, /etc/verity.d cert -> PEM."""
+    from acl_compose.ignition import resource_bytes
+
+    cfg = ((oem.get("configs") or {}).get("base/base.ign") or {}).get("config") or {}
+    storage = cfg.get("storage", {}) if isinstance(cfg, dict) else {}
+    links = {
+        e["path"]: e.get("target", "")
+        for e in storage.get("links", [])
+        if str(e.get("path", "")).startswith(f"{ETC_EXTENSIONS}/")
+    }
+    certs = {}
+    for e in storage.get("files", []):
+        path = str(e.get("path", ""))
+        if path.startswith(f"{VERITY_D}/") and path.endswith(".crt"):
+            try:
+                certs[path] = resource_bytes(e.get("contents") or {})
+            except (ValueError, KeyError, OSError):
+                continue
+    return links, certs
+
+
+def oem_sysexts(oem: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """The product's sysexts on the OEM partition, enabled and trusted by the base config."""
+    links, certs = _base_config_links(oem)
+    tree = Path(oem["tree"])
+    found = {}
+    for f in sorted((tree / OEM_EXTENSIONS).glob("*/*.raw")):
+        path = f"{OEM_MOUNT}/{f.relative_to(tree).as_posix()}"
+        found[path] = {"name": f.parent.name, "path": path, "size": f.stat().st_size,
+                       "file": str(f), "enabled_by": None}  # fmt: skip
+    for link, target in links.items():
+        entry = found.get(target) or found.setdefault(target, {
+            "name": PurePosixPath(link).name.removesuffix(".raw"), "path": target,
+            "size": None, "file": None, "enabled_by": None})  # fmt: skip
+        entry["enabled_by"] = link
+    return sorted(found.values(), key=lambda s: s["path"]), certs
+
+
+def all_sysexts(
+    img: Path, disk: gpt.Disk, oem: dict[str, Any]
+) -> tuple[str, list[dict[str, Any]], dict[str, bytes]]:
+    """Both placements: OEM (compose's) and ROOT; certificates from the base config and ROOT."""
+    spec, entries, certs = root_sysexts(img, disk)
+    if "tree" in oem:
+        oem_entries, oem_certs = oem_sysexts(oem)
+        entries = oem_entries + entries
+        certs = {**oem_certs, **certs}
+    return spec, entries, certs
+
+
 def root_sysexts(img: Path, disk: gpt.Disk) -> tuple[str, list[dict[str, Any]], dict[str, bytes]]:
-    """ROOT's sysexts: /etc/extensions links and /opt/extensions images; verity.d certs."""
+    """ROOT's sysexts: /etc/extensions links and /opt/extensions images; verity.d certs.
+    Links into /oem belong to the OEM placement (oem_sysexts) and are left out here."""
     root = disk.by_label("ROOT")
     spec = fs.ext4_spec(img, root.offset)
     found: dict[str, dict[str, Any]] = {}
@@ -146,6 +203,8 @@ def root_sysexts(img: Path, disk: gpt.Disk) -> tuple[str, list[dict[str, Any]], 
                 if not target.startswith("/")
                 else target
             )
+            if tpath.startswith(f"{OEM_MOUNT}/"):
+                continue
             entry = found.setdefault(
                 tpath,
                 {
@@ -168,20 +227,26 @@ def root_sysexts(img: Path, disk: gpt.Disk) -> tuple[str, list[dict[str, Any]], 
 
 
 def check_sysext(
-    spec: str,
+    spec: str | None,
     entry: dict[str, Any],
     os_release_file: Path | None,
     certs: dict[str, bytes],
     work: Path,
 ) -> dict[str, Any]:
-    """Copy one sysext out of ROOT and run `sysext.check` against the base and each cert."""
+    """Run `sysext.check` on one sysext (from the restored OEM tree, or copied out of ROOT)
+    against the base and each cert."""
     from acl_compose import sysext
 
     tmp = work / "sysext" / entry["name"]
     tmp.mkdir(parents=True, exist_ok=True)
     img = tmp / f"{entry['name']}.raw"  # check wants the NAME.raw file name
     try:
-        fs.ext4_dump(spec, entry["path"], img)
+        if entry.get("file"):
+            shutil.copyfile(entry["file"], img)
+        elif spec is not None and entry.get("size") is not None:
+            fs.ext4_dump(spec, entry["path"], img)
+        else:
+            raise InputError(f"{entry['path']}: the image is missing")
         entry["sha256"] = util.sha256_file(img)
         if os_release_file is None:
             entry["status"] = "not checked: no base os-release"
@@ -244,15 +309,22 @@ def inspect_image(
                 check_oem_sysexts(report["oem"], work / "oem-tree", os_file,
                                   report.pop("usr_verity_d", None) or {}, work)  # fmt: skip
             report.pop("usr_verity_d", None)
-            spec_certs, err = _ok(root_sysexts, img, disk)
+            found, err = _ok(all_sysexts, img, disk, report["oem"])
             if err:
                 report["sysexts"], report["verity_d"] = {"error": err}, []
             else:
-                spec, entries, certs = spec_certs
+                spec, entries, certs = found
                 report["verity_d"] = sorted(certs)
-                report["sysexts"] = [check_sysext(spec, e, os_file, certs, work) for e in entries]
+                report["sysexts"] = [
+                    _public(check_sysext(spec, e, os_file, certs, work)) for e in entries
+                ]
             report.pop("os_release_text", None)
+            report["oem"].pop("tree", None)
             return report
+
+
+def _public(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "file"}
 
 
 def inspect_usr(img: Path, disk: gpt.Disk, work: Path, board: str, verify: bool) -> dict[str, Any]:
@@ -273,7 +345,11 @@ def inspect_usr(img: Path, disk: gpt.Disk, work: Path, board: str, verify: bool)
 
         out["usr_verity_d"], _ = _ok(base_certificates, usr_file, work)
         kernel_hash, kerr = _ok(usr.kernel_root_hash, img, disk, board)
-        status: dict[str, Any] = {"partition": part.name, "kernel_root_hash": kernel_hash}
+        status: dict[str, Any] = {
+            "partition": part.name,
+            "filesystem": usr.filesystem(usr_file),
+            "kernel_root_hash": kernel_hash,
+        }
         if kerr:
             status["status"] = kerr
         elif verify:
@@ -307,7 +383,10 @@ def format_text(r: dict[str, Any]) -> list[str]:
     name = f"{osr.get('NAME', '?')} {osr.get('VERSION', '?')}"
     lines.append(f"os: {name} (ID={osr.get('ID')}, SYSEXT_LEVEL={level})")
     u = r.get("usr", {})
-    lines.append(f"/usr verity: {u.get('status')} (kernel hash {u.get('kernel_root_hash') or '-'})")
+    fs_name = f"{u['filesystem']}, " if u.get("filesystem") else ""
+    lines.append(
+        f"/usr verity: {u.get('status')} ({fs_name}kernel hash {u.get('kernel_root_hash') or '-'})"
+    )
     oem = r.get("oem") or {}
     err = f" ({oem['error']})" if oem.get("error") else ""
     rel = oem.get("release") or {}

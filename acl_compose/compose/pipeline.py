@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose import __version__, ui, util
-from acl_compose.compose import platform
+from acl_compose.compose import placement, platform
 from acl_compose.compose.manifest import Manifest
 from acl_compose.compose.oem_content import (
     read_base_oem,
@@ -36,6 +36,7 @@ from acl_compose.compose.oem_content import (
     warn_overlaps,
     write_outputs,
 )
+from acl_compose.compose.placement import ETC_EXTENSIONS, OEM_EXTENSIONS, OEM_MOUNT, VERITY_D
 from acl_compose.compose.release_dir import (
     RELEASE_JSON,
     RELEASE_LAST,
@@ -44,16 +45,13 @@ from acl_compose.compose.release_dir import (
     sbom_name,
 )
 from acl_compose.errors import AclComposeError, FetchError, InputError, VerificationError
-from acl_compose.image import fs, gpt, outputs, sparse, usr
+from acl_compose.image import gpt, outputs, sparse, usr
 
 IMAGE_NAME = "flatcar_production_image.bin"
 # The release's package list and file listing: fetched and verified for the SBOM.
 PACKAGES_TXT = "flatcar_production_image_packages.txt"
 CONTENTS_TXT = "flatcar_production_image_contents.txt"
 BASE_IGN = "base/base.ign"
-EXTENSIONS_DIR = "/opt/extensions"
-ETC_EXTENSIONS = "/etc/extensions"
-VERITY_D = "/etc/verity.d"
 
 
 class ComposeError(VerificationError):
@@ -343,7 +341,7 @@ def verify_base_usr(st: State) -> None:
 
 
 def read_base_os_release(st: State) -> None:
-    """Step 5: the base os-release, read from USR-A without mounting (btrfs restore)."""
+    """Step 5: the base os-release, read from USR-A without mounting (btrfs or ext2)."""
     from acl_compose.image.osrelease import parse_os_release
 
     with ui.step("read the base os-release"):
@@ -374,6 +372,9 @@ def build_sysexts(st: State) -> None:
         seen: dict[str, Path] = {}
         for src in st.manifest.sysexts:
             if src.is_dir():
+                from acl_compose.sysext.bundle import load_bundle
+
+                placement.refuse_reserved(load_bundle(src).name, src)  # before building anything
                 info = _build_cached(st, src, build_dir / src.name, st.passphrase)
             else:
                 info = {
@@ -385,6 +386,7 @@ def build_sysexts(st: State) -> None:
             info["path"] = Path(info["path"])
             info["source"] = str(src)
             name = info["name"]
+            placement.refuse_reserved(name, src)
             if name in seen:
                 raise InputError(
                     f"{src}: sysext {name!r} is also built from {seen[name]}",
@@ -473,40 +475,41 @@ def _check_result(r: Any) -> tuple[bool, str, dict[str, Any]]:
 
 
 def place_sysexts(st: State) -> None:
-    """Step 7: sysexts into ROOT /opt/extensions + /etc/extensions links, cert into verity.d."""
-    with ui.step("place sysexts and the release certificate in ROOT"):
-        root = st.disk.by_label("ROOT")  # type: ignore[union-attr]
-        spec = fs.ext4_spec(st.image, root.offset)  # type: ignore[arg-type]
-        edit = fs.Ext4Edit(spec, st.sde)
-        cert_file = st.work / "release.crt"
-        cert_file.write_bytes(st.cert_pem)
-        edit.write(cert_file, f"{VERITY_D}/{st.manifest.name}.crt", 0o644)
+    """Step 7: sysexts onto the OEM partition, as OEM:/extensions/<name>/<name>-<version>.raw
+    (linked from /etc/extensions and trusted through /etc/verity.d by the base config)."""
+    if not st.sysexts:
+        return
+    with ui.step("place sysexts on the OEM partition"):
         for s in st.sysexts:
-            target = f"{EXTENSIONS_DIR}/{s['name']}/{s['name']}-{s['version']}.raw"
-            edit.write(s["path"], target, 0o644)
-            edit.symlink(f"{ETC_EXTENSIONS}/{s['name']}.raw", target)
-            s["image_path"] = target
-        edit.apply()
-        # Read back what was written: debugfs reports some failures only on stdout.
-        for s in st.sysexts:
-            link = fs.ext4_readlink(spec, f"{ETC_EXTENSIONS}/{s['name']}.raw")
-            if link != s["image_path"]:
-                raise ComposeError(
-                    f"ROOT: {ETC_EXTENSIONS}/{s['name']}.raw points to {link!r}, "
-                    f"not {s['image_path']}"
-                )
-        ui.info(f"{len(st.sysexts)} sysext(s), certificate {VERITY_D}/{st.manifest.name}.crt")
+            rel = f"{OEM_EXTENSIONS}/{s['name']}/{s['name']}-{s['version']}.raw"
+            st.oem_changes[rel] = s["path"]
+            s["image_path"] = f"{OEM_MOUNT}/{rel}"
+            s["link"] = f"{ETC_EXTENSIONS}/{s['name']}.raw"
+        ui.info(", ".join(f"OEM:/{OEM_EXTENSIONS}/{s['name']}/" for s in st.sysexts))
+
+
+def verity_d_path(st: State) -> str:
+    return f"{VERITY_D}/{st.manifest.name}.crt"
 
 
 def bake_ignition(st: State) -> None:
-    """Step 8: render, validate and merge the Ignition configs into OEM base/base.ign."""
-    if not st.manifest.ignition:
+    """Step 8: render, validate and merge the Ignition configs, and the sysexts' links and
+    certificate, into OEM base/base.ign (merged under every config on every first boot)."""
+    if not st.manifest.ignition and not st.sysexts:
         return
     from acl_compose import ignition
 
-    with ui.step(f"bake {len(st.manifest.ignition)} Ignition config(s) as OEM {BASE_IGN}"):
+    n = len(st.manifest.ignition)
+    with ui.step(f"bake {n} Ignition config(s) and the sysext links as OEM {BASE_IGN}"):
         configs = [ignition.load(p) for p in st.manifest.ignition]
-        merged = ignition.merge(configs) if len(configs) > 1 else configs[0]
+        merged = ignition.merge(configs) if configs else None
+        version = (merged or {}).get("ignition", {}).get("version", "3.3.0")
+        if st.sysexts:
+            generated = placement.sysext_config(st.sysexts, st.cert_pem, verity_d_path(st), version)
+            if merged is not None:
+                placement.refuse_overlap(merged, generated, st.manifest.ignition)
+            merged = ignition.merge([merged, generated]) if merged is not None else generated
+        assert merged is not None
         warnings = list(ignition.validate(merged) or [])
         for w in warnings:
             ui.warn(f"ignition: {w}")
@@ -527,7 +530,7 @@ def bake_ignition(st: State) -> None:
 
 
 def write_release(st: State) -> dict[str, Any]:
-    """Step 10: release.json and its detached CMS signature release.json.p7s."""
+    """Step 11: release.json and its detached CMS signature release.json.p7s."""
     from acl_compose.trust import signing
 
     with ui.step("write and sign release.json"):
@@ -546,6 +549,7 @@ def write_release(st: State) -> dict[str, Any]:
                     "name": s["name"],
                     "version": s.get("version"),
                     "path": s["image_path"],
+                    "link": s["link"],
                     "sha256": s["sha256"],
                     "root_hash": s.get("root_hash"),
                     "signed": s.get("signed"),
@@ -556,7 +560,7 @@ def write_release(st: State) -> dict[str, Any]:
             "ignition": st.ignition,
             "signing": {
                 "certificate_fingerprint": st.cert_fpr,
-                "verity_d": f"{VERITY_D}/{st.manifest.name}.crt",
+                "verity_d": verity_d_path(st),
             },
             "platforms": {p: st.platforms[p]["record"] for p in st.manifest.platforms},
             "outputs": [

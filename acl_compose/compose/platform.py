@@ -28,9 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from acl_compose import util
-from acl_compose.errors import InputError
-from acl_compose.image import fs, gpt
+from acl_compose.image import fs, gpt, oem
 from acl_compose.image.osrelease import format_os_release, parse_os_release
 
 # Each platform's name and home page, as its coreos-base/oem-<id> ebuild has them (NAME and
@@ -176,38 +174,16 @@ def changes(
 def apply(
     img: Path, disk: gpt.Disk, edits: Mapping[str, Content], work: Path, sde: int | None
 ) -> None:
-    """Rebuild the image's OEM btrfs with `edits` applied, keeping its label and UUID."""
-    oem = disk.by_label("OEM")
+    """Rebuild the image's OEM btrfs with `edits` applied (image.oem.rebuild_oem_filesystem:
+    label, UUID, mixed mode, compression property and xattrs kept, reproducibly)."""
+    oem_part = disk.by_label("OEM")
     part_file = work / "oem.img"
-    gpt.copy_out(img, oem, part_file)
-    info = fs.btrfs_info(part_file)
-    if info is None:
-        raise InputError(
-            f"{img}: the OEM partition holds no btrfs filesystem", hint="is this a Flatcar image?"
-        )
-    tree = work / "oem-tree"
-    shutil.rmtree(tree, ignore_errors=True)
+    gpt.copy_out(img, oem_part, part_file)
     try:
-        fs.btrfs_restore(part_file, tree)
-        for rel, content in sorted(edits.items()):
-            target = util.safe_join(tree, rel, "OEM path")
-            if content is None:
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink(missing_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, bytes):
-                target.write_bytes(content)
-            else:
-                shutil.copyfile(content, target)
-            os.chmod(target, 0o644)
-        fs.btrfs_rebuild(tree, part_file, oem.size, info, sde)
-        gpt.copy_in(img, oem, part_file)
+        oem.rebuild_oem_filesystem(part_file, oem_part.size, edits, work, sde)
+        gpt.copy_in(img, oem_part, part_file)
     finally:
         part_file.unlink(missing_ok=True)
-        shutil.rmtree(tree, ignore_errors=True)
 
 
 def read_oem_tree(img: Path, disk: gpt.Disk, dest: Path) -> Path:
@@ -226,8 +202,20 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def base_certificates(usr_file: Path, work: Path) -> dict[str, str]:
-    """PEM certificates the base ships in /usr/lib/verity.d (read without mounting): the keys
-    systemd accepts a signed sysext's signature with, so also its OEM sysext's."""
+    """PEM certificates the base ships in /usr/lib/verity.d (read without mounting; btrfs or,
+    before Flatcar 3815, ext2): the keys systemd accepts a signed sysext's signature with, so
+    also its OEM sysext's."""
+    from acl_compose.image import usr
+
+    if usr.filesystem(usr_file) == "ext2":
+        spec = fs.ext4_spec(usr_file)
+        return {
+            f"/usr/lib/verity.d/{e.name}": fs.ext4_read(spec, f"/lib/verity.d/{e.name}").decode(
+                errors="replace"
+            )
+            for e in sorted(fs.ext4_list(spec, "/lib/verity.d") or [], key=lambda e: e.name)
+            if e.name.endswith(".crt") and not e.is_dir and not e.is_symlink
+        }
     dest = work / "usr-verity.d"
     shutil.rmtree(dest, ignore_errors=True)
     try:

@@ -3,8 +3,10 @@
 Checks, in order, and keeps going so the report names everything that broke:
 1. `release.json.p7s` is a valid CMS signature over `release.json` by the given certificate;
 2. every output image listed has the recorded size and sha256;
-3. in the disk image: each sysext listed is present in ROOT with the recorded sha256, and
-   `sysext.check` accepts its verity tree and signature against the base os-release and the cert;
+3. in the disk image: each sysext listed is where release.json says (OEM:/extensions, or
+   ROOT for older releases) with the recorded sha256, enabled by the /etc/extensions link
+   release.json names, and `sysext.check` accepts its verity tree and signature against the
+   base os-release and the cert;
 4. the baked Ignition config has the recorded sha256;
 5. /usr: the kernel's root hash equals release.json's and the recomputed tree matches it;
 6. the SBOM listed in release.json has the recorded sha256 and names the same outputs;
@@ -25,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose.compose.inspect import (
+    all_sysexts,
     check_oem_sysexts,
     check_sysext,
     raw_view,
     read_oem,
-    root_sysexts,
 )
 from acl_compose.errors import AclComposeError, InputError, VerificationError
 from acl_compose.image import gpt, outputs, sparse, usr
@@ -171,7 +173,11 @@ def _check_disk(
     finally:
         usr_file.unlink(missing_ok=True)
     base["os_file"] = os_file if os_file.exists() else None
-    _check_sysexts(rep, release, img, disk, base["os_file"], work, cert_pem)
+    try:
+        oem: dict[str, Any] = read_oem(img, disk, work)
+    except AclComposeError:
+        oem = {}  # the platform and ignition checks name the OEM failure
+    _check_sysexts(rep, release, img, disk, oem, base["os_file"], work, cert_pem)
     if not release.get("platforms"):  # (older releases) else checked per platform
         _check_ignition(rep, release, img, disk, work)
     return base
@@ -207,6 +213,7 @@ def _check_sysexts(
     release: dict[str, Any],
     img: Path,
     disk: gpt.Disk,
+    oem: dict[str, Any],
     os_file: Path | None,
     work: Path,
     cert_pem: bytes,
@@ -215,7 +222,7 @@ def _check_sysexts(
     if not listed:
         return
     try:
-        spec, entries, _certs = root_sysexts(img, disk)
+        spec, entries, _certs = all_sysexts(img, disk, oem)
     except AclComposeError as e:
         rep.add("sysexts", False, f"ROOT: {e.message}")
         return
@@ -226,8 +233,8 @@ def _check_sysexts(
         what = f"sysext {s.get('name')}"
         named = f"{what} ({s.get('path')})"
         entry = present.get(s.get("path"))
-        if entry is None:
-            rep.add(what, False, f"{named}: not found in ROOT")
+        if entry is None or (entry.get("file") is None and entry.get("size") is None):
+            rep.add(what, False, f"{named}: not found in the image")
             continue
         try:
             res = check_sysext(spec, dict(entry), os_file, certs, work)
@@ -244,6 +251,8 @@ def _check_sysexts(
             rep.add(what, False, f"{named}: {res.get('status')}")
         elif not entry.get("enabled_by"):
             rep.add(what, False, f"{named}: no /etc/extensions link enables it")
+        elif s.get("link") and entry["enabled_by"] != s["link"]:
+            rep.add(what, False, f"{named}: enabled by {entry['enabled_by']}, not {s['link']}")
         else:
             rep.add(what, True, f"{s.get('version')} signed, verity ok")
 

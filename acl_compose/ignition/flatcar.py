@@ -11,9 +11,10 @@ Refused (Ignition fails at boot, or the write shadows what the image relies on):
 Warned: ROOT is disposable on Flatcar. `flatcar-reset`, or a config that reformats ROOT,
 empties it and the next boot is a first boot, where Ignition applies its configs again: what
 Ignition writes comes back, what compose baked into ROOT does not. ROOT_BAKED lists that
-content; keep it in step with where compose puts the product's files (compose/pipeline.py).
+content; keep it in step with where compose puts the product's files (compose/placement.py).
 A link to it comes back dangling after a reset, and a config that wipes ROOT loses it at the
-very first boot.
+very first boot. Compose bakes nothing into ROOT today: the sysext images are on the OEM
+partition, their links and certificate come from the base config on every first boot.
 """
 
 from __future__ import annotations
@@ -51,11 +52,7 @@ REFUSED: tuple[tuple[str, str], ...] = (
 # Links in Flatcar's root filesystem (merged /usr): a path through them lands in /usr.
 ROOT_LINKS = {"/bin": "/usr/bin", "/sbin": "/usr/sbin", "/lib": "/usr/lib", "/lib64": "/usr/lib64"}
 # (path, what): content compose writes to ROOT that only a new image brings back.
-ROOT_BAKED: tuple[tuple[str, str], ...] = (
-    ("/opt/extensions", "the product's sysext images"),
-    ("/etc/extensions", "the links that enable the product's sysexts"),
-    ("/etc/verity.d", "the certificates that verify the product's sysexts"),
-)
+ROOT_BAKED: tuple[tuple[str, str], ...] = ()
 ROOT_DEVICES = {"/dev/disk/by-label/ROOT", "/dev/disk/by-partlabel/ROOT"}
 
 

@@ -12,12 +12,15 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from acl_compose.image import fs, gpt, usr
 from acl_compose.image.outputs import copy_sparse
+from acl_compose.image.sparse import data_ranges
+from tests import btrfs_tools
 from tests.conftest import run_cli
 from tests.fixtures_compose import REPO, build_mini_flatcar, write_manifest
 from tests.image.test_vhd_footer import assert_azure_fixed_vhd
@@ -47,16 +50,38 @@ def flip(path: Path, offset: int) -> None:
         f.write(bytes([b[0] ^ 0x01]))
 
 
-def sysext_offset(img: Path, inner_path: str) -> int:
-    """Byte offset in the disk image of the first data block of a file in ROOT."""
-    root = gpt.read(img).by_label("ROOT")
-    spec = fs.ext4_spec(img, root.offset)
-    stats = subprocess.run(["debugfs", "-R", "stats", spec], capture_output=True, text=True).stdout
-    bs = int(re.search(r"Block size:\s+(\d+)", stats).group(1))
-    blocks = subprocess.run(
-        ["debugfs", "-R", f"blocks {inner_path}", spec], capture_output=True, text=True
-    ).stdout.split()
-    return root.offset + int(blocks[0]) * bs
+def assert_oem_kept(base: Path, new: Path) -> None:
+    """Label, UUID, mixed mode, the compression property and xattrs, as btrfs-progs sees them;
+    files compose added inherit the property as the kernel would give it to them."""
+    assert btrfs_tools.check(new).returncode == 0
+    for field in ("label", "fsid"):
+        assert btrfs_tools.super_field(base, field) == btrfs_tools.super_field(new, field)
+    assert btrfs_tools.mixed(base) and btrfs_tools.mixed(new)
+    before, after = btrfs_tools.fs_tree(base), btrfs_tools.fs_tree(new)
+    assert before[""]["xattrs"] == {"btrfs.compression": "zlib"}
+    for path, attrs in before.items():
+        assert after[path] == attrs, path
+    for path in set(after) - set(before):
+        assert after[path]["xattrs"].get("btrfs.compression") == "zlib", path
+        assert after[path]["flags"] & 0x800, path  # COMPRESS
+
+
+def oem_file_offset(img: Path, rel: str) -> int:
+    """Byte offset in the disk image of the first block of a file on the OEM partition
+    (found by content: btrfs keeps file data in 4 KiB-aligned blocks)."""
+    part = gpt.read(img).by_label("OEM")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "oem.img"
+        gpt.copy_out(img, part, copy)
+        head = fs.btrfs_read_file(copy, rel)[:4096]
+        hits = []
+        with open(copy, "rb") as f:
+            for start, length in data_ranges(f.fileno()):
+                for off in range(start - start % 4096, start + length, 4096):
+                    if os.pread(f.fileno(), 4096, off) == head:
+                        hits.append(off)
+    assert len(hits) == 1, hits
+    return part.offset + hits[0]
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +105,12 @@ def test_compose_writes_signed_release(mini_release, mini_flatcar):
     assert json.loads((out / "release.json").read_text()) == rel
     assert rel["usr"]["root_hash"] == mini_flatcar.root_hash
     assert rel["source_date_epoch"] == 1700000000 and rel["tool"]["name"] == "acl-compose"
-    assert [(s["name"], s["path"]) for s in rel["sysexts"]] == [
-        ("azure-base", "/opt/extensions/azure-base/azure-base-1.1.0.raw"),
-        ("aks-node", "/opt/extensions/aks-node/aks-node-1.0.0.raw"),
-    ]
+    assert [(s["name"], s["path"], s["link"]) for s in rel["sysexts"]] == [
+        ("azure-base", "/oem/extensions/azure-base/azure-base-1.1.0.raw",
+         "/etc/extensions/azure-base.raw"),
+        ("aks-node", "/oem/extensions/aks-node/aks-node-1.0.0.raw", "/etc/extensions/aks-node.raw"),
+    ]  # fmt: skip
+    assert rel["signing"]["verity_d"] == "/etc/verity.d/acl-test.crt"
     assert all(s["signed"] and len(s["root_hash"]) == 64 for s in rel["sysexts"])
     fpr = rel["signing"]["certificate_fingerprint"]
     assert all(s["certificate_fingerprint"] == fpr for s in rel["sysexts"])
@@ -175,20 +202,14 @@ def test_composed_image_contents(mini_release, mini_flatcar, tmp_path):
     img = mini_release["out"] / "acl-test-1.0.0.bin"
     base, new = gpt.read(mini_flatcar.path), gpt.read(img)
     assert [p.to_json() for p in base.partitions] == [p.to_json() for p in new.partitions]
-    # ESP and USR-A are untouched; ROOT and OEM were edited offline.
-    for label in ("EFI-SYSTEM", "USR-A"):
+    # ESP, USR-A and ROOT are untouched: everything compose adds is on the OEM partition
+    # (which a ROOT reset keeps).
+    for label in ("EFI-SYSTEM", "USR-A", "ROOT"):
         p = base.by_label(label)
         with open(mini_flatcar.path, "rb") as a, open(img, "rb") as b:
             a.seek(p.offset)
             b.seek(p.offset)
             assert a.read(p.size) == b.read(p.size), label
-    spec = fs.ext4_spec(img, new.by_label("ROOT").offset)
-    assert (
-        fs.ext4_readlink(spec, "/etc/extensions/aks-node.raw")
-        == "/opt/extensions/aks-node/aks-node-1.0.0.raw"
-    )
-    assert b"BEGIN CERTIFICATE" in fs.ext4_read(spec, "/etc/verity.d/acl-test.crt")
-    assert subprocess.run(["e2fsck", "-fn", spec], capture_output=True).returncode == 0
     # OEM rebuilt with the same label and UUID, base.ign inside, oem-release kept.
     parts = {}
     for which, path in (("base", mini_flatcar.path), ("new", img)):
@@ -197,12 +218,14 @@ def test_composed_image_contents(mini_release, mini_flatcar, tmp_path):
         parts[which] = f
     a, b = fs.btrfs_info(parts["base"]), fs.btrfs_info(parts["new"])
     assert (a.uuid, a.label) == (b.uuid, b.label)
+    assert_oem_kept(parts["base"], parts["new"])
     ign = fs.btrfs_read_file(parts["new"], "base/base.ign")
     assert (
         __import__("hashlib").sha256(ign).hexdigest()
         == mini_release["release"]["ignition"]["sha256"]
     )
-    assert json.loads(ign)["ignition"]["version"].startswith("3.")
+    config = json.loads(ign)
+    assert config["ignition"]["version"].startswith("3.")
     # The .bin is the qemu platform's: its OEM content as Flatcar's install_oem_sysext lays it.
     assert fs.btrfs_read_file(parts["new"], "README") == b"generic image: no platform OEM content\n"
     assert fs.btrfs_read_file(parts["new"], "oem-release").startswith(b"ID=qemu\n")
@@ -210,6 +233,19 @@ def test_composed_image_contents(mini_release, mini_flatcar, tmp_path):
     sx = fs.btrfs_read_file(parts["new"], "sysext/oem-qemu-9999.2.0.raw")
     assert sx == (mini_flatcar.path.parent / "oem-qemu.raw").read_bytes()
     assert fs.btrfs_read_file(parts["new"], "sysext/oem-azure-9999.2.0.raw") is None
+    # The base config links each sysext image on OEM into /etc/extensions and installs the
+    # release certificate: Ignition re-applies it on every first boot, resets included.
+    links = {e["path"]: e["target"] for e in config["storage"]["links"]}
+    for s in mini_release["release"]["sysexts"]:
+        assert links[s["link"]] == s["path"]
+        inner = s["path"].removeprefix("/oem/")
+        data = fs.btrfs_read_file(parts["new"], inner)
+        assert __import__("hashlib").sha256(data).hexdigest() == s["sha256"]
+    cert_entry = next(f for f in config["storage"]["files"]
+                      if f["path"] == "/etc/verity.d/acl-test.crt")  # fmt: skip
+    from acl_compose.ignition import resource_bytes
+
+    assert resource_bytes(cert_entry["contents"]) == mini_release["cert"].read_bytes()
     if shutil.which("ignition-validate"):
         (tmp_path / "base.ign").write_bytes(ign)
         r = subprocess.run(
@@ -273,7 +309,7 @@ def test_verify_passes(mini_release):
         ("release.json.p7s", "release.json signature"),
         ("acl-test-1.0.0.qcow2", "acl-test-1.0.0.qcow2: sha256"),
         ("acl-test-1.0.0.vhd", "acl-test-1.0.0.vhd: sha256"),
-        ("sysext", "sysext aks-node (/opt/extensions/aks-node/aks-node-1.0.0.raw): sha256"),
+        ("sysext", "sysext aks-node (/oem/extensions/aks-node/aks-node-1.0.0.raw): sha256"),
         ("usr", "/usr"),
         ("oem-sysext", "acl-test-1.0.0.vhd: OEM:/sysext/oem-azure-9999.2.0.raw sha256"),
     ],
@@ -285,7 +321,7 @@ def test_flipped_byte_fails_verify(mini_release, mini_flatcar, tmp_path, target,
         copy_sparse(f, out / f.name)
     img = out / "acl-test-1.0.0.bin"
     if target == "sysext":
-        flip(img, sysext_offset(img, "/opt/extensions/aks-node/aks-node-1.0.0.raw") + 100)
+        flip(img, oem_file_offset(img, "extensions/aks-node/aks-node-1.0.0.raw") + 100)
     elif target == "usr":
         flip(img, gpt.read(img).by_label("USR-A").offset + 0x10000 + 3 * 4096 + 5)
     elif target == "oem-sysext":  # a byte of the OEM sysext's filesystem, in the Azure VHD
@@ -460,8 +496,14 @@ def test_kernel_without_root_hash_is_refused(release_key, tmp_path):
 
 
 @pytest.mark.integration
-def test_testbed_compose_inspect_verify(composed_release):
+def test_testbed_compose_inspect_verify(composed_release, testbed_image, tmp_path):
     rel = composed_release.release
+    parts = {}
+    for which, path in (("base", testbed_image), ("new", composed_release.raw)):
+        parts[which] = tmp_path / f"{which}-oem.img"
+        gpt.copy_out(path, gpt.read(path).by_label("OEM"), parts[which])
+    assert_oem_kept(parts["base"], parts["new"])
+    assert gpt.read(composed_release.raw).guid == gpt.read(testbed_image).guid
     assert [s["name"] for s in rel["sysexts"]] == ["azure-base", "aks-node"]
     assert rel["base"]["signature_verified"] is True
     assert any(a["name"] == "flatcar_production_image.bin.bz2" and len(a["sha512"]) == 128
@@ -483,14 +525,14 @@ def test_testbed_compose_inspect_verify(composed_release):
 @pytest.mark.integration
 def test_testbed_flipped_sysext_byte_fails_verify(composed_release):
     img = composed_release.raw
-    off = sysext_offset(img, "/opt/extensions/azure-base/azure-base-1.1.0.raw") + 4096
+    off = oem_file_offset(img, "extensions/azure-base/azure-base-1.1.0.raw") + 4096
     flip(img, off)
     try:
         proc = verify(composed_release.out_dir, composed_release.cert, check=False)
     finally:
         flip(img, off)  # the session fixture is shared: restore it
     assert (
-        "sysext azure-base (/opt/extensions/azure-base/azure-base-1.1.0.raw): sha256" in proc.stderr
+        "sysext azure-base (/oem/extensions/azure-base/azure-base-1.1.0.raw): sha256" in proc.stderr
     )
     assert f"{img.name}: sha256" in proc.stderr
 
@@ -645,3 +687,56 @@ def test_compose_warns_when_a_product_sysext_shadows_the_oem(mini_flatcar, relea
         "warning: platform azure: /usr/share/oem-azure/README is in shadow.raw and "
         "oem-azure.raw: the merged /usr shows one of them, hiding the other"
     ]
+
+
+def test_ext2_usr_base_composes_inspects_and_verifies(release_key, tmp_path):
+    """Flatcar before 3815 had an ext2 /usr: read (debugfs) and verified without mounting."""
+    key, cert = release_key
+    mini = build_mini_flatcar(tmp_path / "base.bin", tmp_path / "work", usr_fs="ext2")
+    part = tmp_path / "usr.img"
+    gpt.copy_out(mini.path, gpt.read(mini.path).by_label("USR-A"), part)
+    assert usr.filesystem(part) == "ext2"
+    assert usr.read_os_release(part)[1]["VERSION_ID"] == "9999.2.0"
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini.path}, key=key, cert=cert,
+                       sysexts=BUNDLES[:1], outputs=("raw",))  # fmt: skip
+    rel = json.loads(compose(m, tmp_path / "out", tmp_path / "cache").stdout)
+    assert rel["usr"]["root_hash"] == mini.root_hash
+    assert rel["os_release"]["ID"] == "flatcar"
+    report = json.loads(run_cli("--json", "inspect", tmp_path / "out" / "acl-test-1.0.0.bin",
+                                check=True).stdout)  # fmt: skip
+    assert report["usr"]["verified"] is True and report["usr"]["filesystem"] == "ext2"
+    assert report["os_release"]["VERSION_ID"] == "9999.2.0"
+    assert json.loads(verify(tmp_path / "out", cert, check=True).stdout)["ok"] is True
+
+
+@pytest.mark.parametrize("name", ["oem-azure", "flatcar-podman"])
+def test_reserved_sysext_names_are_refused(mini_flatcar, release_key, tmp_path, name):
+    """Flatcar's initrd owns /etc/extensions/oem-* and flatcar-*: such a sysext would vanish."""
+    bundle = tmp_path / name
+    shutil.copytree(BUNDLES[0], bundle)
+    text = (bundle / "sysext.yaml").read_text().replace("name: azure-base", f"name: {name}")
+    (bundle / "sysext.yaml").write_text(text)
+    key, cert = release_key
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini_flatcar.path}, key=key, cert=cert,
+                       sysexts=[bundle], outputs=("raw",))  # fmt: skip
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert proc.returncode == 1
+    assert f"sysext name {name!r} is reserved" in proc.stderr and "hint:" in proc.stderr
+    assert "write outputs" not in proc.stderr
+    assert not list((tmp_path / "cache").glob("compose/sysext/*"))  # refused before building
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_claiming_a_sysext_link_is_refused(mini_flatcar, release_key, tmp_path):
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(
+        "variant: flatcar\nversion: 1.0.0\nstorage:\n  links:\n"
+        "    - path: /etc/extensions/azure-base.raw\n      target: /opt/x.raw\n"
+    )
+    key, cert = release_key
+    m = write_manifest(tmp_path / "m.yaml", base={"path": mini_flatcar.path}, key=key, cert=cert,
+                       sysexts=BUNDLES[:1], ignition=[cfg], outputs=("raw",))  # fmt: skip
+    proc = compose(m, tmp_path / "out", tmp_path / "cache", check=False)
+    assert proc.returncode == 1
+    assert "/etc/extensions/azure-base.raw is written by compose" in proc.stderr
+    assert not (tmp_path / "out").exists()

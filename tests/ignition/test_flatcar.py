@@ -120,9 +120,17 @@ def test_mount_unit_names_unescape_to_their_path(name, path):
 # --- ROOT resets --------------------------------------------------------------------------------
 
 LINK_TO_ROOT = "storage:\n  links:\n    - path: /etc/extensions/x.raw\n      target: {target}\n"
+# What compose baked into ROOT before [flatcar-current] moved it to OEM + the base config:
+# the rule is tested with it, since today's table is empty.
+BAKED_BEFORE = (
+    ("/opt/extensions", "the product's sysext images"),
+    ("/etc/extensions", "the links that enable the product's sysexts"),
+    ("/etc/verity.d", "the certificates that verify the product's sysexts"),
+)
 
 
-def test_link_to_what_compose_baked_into_root_is_warned_about(tmp_path):
+def test_link_to_what_compose_baked_into_root_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.setattr(flatcar, "ROOT_BAKED", BAKED_BEFORE)
     warnings = render_warnings(tmp_path, LINK_TO_ROOT.format(target="/opt/extensions/x/x-1.raw"))
     assert len(warnings) == 1
     assert warnings[0].startswith(
@@ -145,14 +153,16 @@ def test_link_to_what_compose_baked_into_root_is_warned_about(tmp_path):
     ],
     ids=["oem", "unbaked", "written-by-config"],
 )
-def test_links_a_reset_restores_are_not_warned_about(tmp_path, body):
+def test_links_a_reset_restores_are_not_warned_about(tmp_path, body, monkeypatch):
+    monkeypatch.setattr(flatcar, "ROOT_BAKED", BAKED_BEFORE)
     assert render_warnings(tmp_path, body) == []
 
 
 WIPE = "storage:\n  filesystems:\n    - device: {device}\n      format: ext4\n      wipe_filesystem: true\n"  # noqa: E501
 
 
-def test_a_config_that_reformats_root_is_warned_about(tmp_path):
+def test_a_config_that_reformats_root_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.setattr(flatcar, "ROOT_BAKED", BAKED_BEFORE)
     for device in ("/dev/disk/by-label/ROOT", "/dev/disk/by-partlabel/ROOT"):
         (w,) = render_warnings(tmp_path, WIPE.format(device=device))
         assert w.startswith("7:7: storage.filesystems[0].wipe_filesystem: reformats ROOT")
@@ -161,8 +171,8 @@ def test_a_config_that_reformats_root_is_warned_about(tmp_path):
 
 
 def test_the_reset_rule_follows_its_table(tmp_path, monkeypatch):
-    # When compose stops baking sysexts into ROOT ([flatcar-current]), the table shrinks and
-    # the warnings go with it; nothing else encodes the locations.
+    # Compose stopped baking sysexts into ROOT ([flatcar-current]): the table shrank and the
+    # warnings went with it; nothing else encodes the locations.
     monkeypatch.setattr(flatcar, "ROOT_BAKED", (("/etc/verity.d", "certificates"),))
     assert render_warnings(tmp_path, LINK_TO_ROOT.format(target="/opt/extensions/x.raw")) == []
     (w,) = render_warnings(tmp_path, WIPE.format(device="/dev/disk/by-label/ROOT"))
@@ -171,11 +181,14 @@ def test_the_reset_rule_follows_its_table(tmp_path, monkeypatch):
     assert render_warnings(tmp_path, WIPE.format(device="/dev/disk/by-label/ROOT")) == []
 
 
-def test_the_table_covers_where_compose_writes_into_root():
-    from acl_compose.compose import pipeline
+def test_compose_bakes_nothing_a_reset_loses(tmp_path):
+    """Sysext images go to the OEM partition; their links and certificate are in the base
+    config, which Ignition applies again after a reset: nothing for the table to list."""
+    from acl_compose.compose import placement
 
-    for where in (pipeline.EXTENSIONS_DIR, pipeline.ETC_EXTENSIONS, pipeline.VERITY_D):
-        assert flatcar.baked(where + "/x"), f"{where}: add it to ignition/flatcar.py ROOT_BAKED"
+    assert flatcar.ROOT_BAKED == ()
+    assert placement.OEM_MOUNT == "/oem" and flatcar.baked(placement.OEM_MOUNT + "/x") is None
+    assert render_warnings(tmp_path, WIPE.format(device="/dev/disk/by-label/ROOT")) == []
 
 
 @pytest.mark.parametrize("path", PRODUCT, ids=lambda p: p.name)
