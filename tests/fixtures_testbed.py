@@ -62,3 +62,23 @@ def testbed_server(testbed_release: Path) -> Iterator[str]:
 
     with serve(testbed_release, "127.0.0.1", 0) as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def testbed_old_build() -> dict[str, Any]:
+    """build.json of the old flavour (ext2 /usr, 128 MiB ESP/OEM, 1 GiB USR: before 3815)."""
+    from tests.conftest import run_cli
+
+    if os.geteuid() != 0:
+        pytest.fail("building the testbed needs root (mmdebstrap, chroot)")
+    proc = run_cli("--json", "--cache-dir", testbed_cache_dir(), "testbed", "build", "--flavor",
+                   "old", check=True)  # fmt: skip
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def testbed_old_server(testbed_old_build: dict[str, Any]) -> Iterator[str]:
+    from acl_compose.fetch.httpserve import serve
+
+    with serve(Path(testbed_old_build["release_dir"]), "127.0.0.1", 0) as server:
+        yield server.url

@@ -11,7 +11,6 @@ import click
 from acl_compose.commands import options
 from acl_compose.commands.options import usage_check
 from acl_compose.fetch import check_version
-from acl_compose.testbed import DEFAULT_VERSION
 from acl_compose.ui import App, pass_app
 from acl_compose.util import OutputDir
 
@@ -31,21 +30,31 @@ def testbed() -> None:
 @click.option(
     "--version",
     "version",
-    default=DEFAULT_VERSION,
-    show_default=True,
+    default=None,
     metavar="VERSION",
     callback=usage_check(lambda v: check_version(v, "testbed version")),
-    help="Release version to build (MAJOR.MINOR.PATCH).",
+    help="Release version to build (MAJOR.MINOR.PATCH) [default: 9999.2.0; 3760.2.0 with "
+    "--flavor old].",
+)
+@click.option(
+    "--flavor",
+    type=click.Choice(["current", "old"]),
+    default="current",
+    show_default=True,
+    help="current: today's Flatcar layout (1 GiB ESP/OEM, 2 GiB USR, btrfs /usr); "
+    "old: before 3815 (128 MiB ESP/OEM, 1 GiB USR, ext2 /usr).",
 )
 @click.option("--rebuild", is_flag=True, help="Rebuild even when the cache has this build.")
 @pass_app
-def build_cmd(app: App, out_dir: Path | None, force: bool, version: str, rebuild: bool) -> None:
+def build_cmd(
+    app: App, out_dir: Path | None, force: bool, version: str | None, flavor: str, rebuild: bool
+) -> None:
     """Build the testbed release (cached; needs root for a cold build)."""
     from acl_compose.testbed import KEY_FILE, build
 
     # The output-folder rule is checked before a build that may take minutes.
     output = OutputDir(out_dir, "testbed build", force=force, replace=True) if out_dir else None
-    info = build(app.cache_dir, version, force=rebuild)
+    info = build(app.cache_dir, version, force=rebuild, flavor=flavor)
     if output is not None:
         with output.staging() as stage:
             shutil.copytree(info["release_dir"], stage, symlinks=True, dirs_exist_ok=True)
@@ -55,7 +64,7 @@ def build_cmd(app: App, out_dir: Path | None, force: bool, version: str, rebuild
         info,
         [
             f"release:     {info['release_dir']}",
-            f"version:     {info['version']}",
+            f"version:     {info['version']} ({info.get('flavor', 'current')} flavour)",
             f"image:       {info['image']}",
             f"root hash:   {info['root_hash']}",
             f"key:         {info['key_file']}",

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from acl_compose.compose.inspect import check_sysext, raw_view, read_oem, root_sysexts
+from acl_compose.compose.inspect import all_sysexts, check_sysext, raw_view, read_oem
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.image import fs, gpt, usr
 
@@ -186,11 +187,12 @@ def _image(path: Path) -> dict[str, Any]:
             snap["base"]["version"] = osr.get("VERSION_ID")
             os_file = work / "os-release"
             os_file.write_text(text)
-            spec, entries, certs = root_sysexts(img, disk)
+            oem = _oem(img, disk, work)
+            spec, entries, certs = all_sysexts(img, disk, oem or {})
             for e in entries:
                 snap["sysexts"][e["name"]] = _image_sysext(spec, e, os_file, work)
             snap["signer"] = _cert_signer(certs)
-            snap["ignition"] = _oem_ignition(img, disk, work)
+            snap["ignition"] = (oem or {}).get("configs", {}).get("base/base.ign")
     snap["ignition_sha256"] = (snap["ignition"] or {}).get("sha256")
     snap["ignition"] = (snap["ignition"] or {}).get("config")
     return snap
@@ -203,12 +205,17 @@ def _image_sysext(spec: str, entry: dict[str, Any], os_file: Path, work: Path) -
 
 
 def _sysext_files(spec: str, entry: dict[str, Any], work: Path) -> dict[str, Any] | None:
-    """The files of a sysext in ROOT (None if it is not a readable sysext image)."""
+    """The files of a sysext on OEM or in ROOT (None if it is not a readable sysext image)."""
     from acl_compose import sysext
 
     tmp = work / "sysext-files" / f"{entry['name']}.raw"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    fs.ext4_dump(spec, entry["path"], tmp)
+    if entry.get("file"):  # in the restored OEM tree
+        shutil.copyfile(entry["file"], tmp)
+    elif entry.get("size") is not None:
+        fs.ext4_dump(spec, entry["path"], tmp)
+    else:
+        return None
     try:
         return _files(sysext.image_contents(tmp, {"kind": "image"}))
     except AclComposeError:
@@ -236,12 +243,11 @@ def _cert_signer(certs: dict[str, bytes]) -> dict[str, Any] | None:
             "subject": "; ".join(f["subject"] for f in found)}  # fmt: skip
 
 
-def _oem_ignition(img: Path, disk: gpt.Disk, work: Path) -> dict[str, Any] | None:
+def _oem(img: Path, disk: gpt.Disk, work: Path) -> dict[str, Any] | None:
     try:
-        oem = read_oem(img, disk, work)
+        return read_oem(img, disk, work)
     except AclComposeError:
         return None
-    return oem["configs"].get("base/base.ign")
 
 
 def fill_from_disk(snap: dict[str, Any], need_files: bool) -> None:
@@ -253,11 +259,12 @@ def fill_from_disk(snap: dict[str, Any], need_files: bool) -> None:
         work = Path(tmp)
         with raw_view(disk_file, work) as img:
             disk = usr.require_disk(img)
-            ign = _oem_ignition(img, disk, work)
+            oem = _oem(img, disk, work)
+            ign = (oem or {}).get("configs", {}).get("base/base.ign")
             snap["ignition"] = (ign or {}).get("config")
             if not need_files:
                 return
-            spec, entries, _ = root_sysexts(img, disk)
+            spec, entries, _ = all_sysexts(img, disk, oem or {})
             by_path = {e["path"]: e for e in entries}
             for s in snap["sysexts"].values():
                 e = by_path.get(s.get("path"))

@@ -24,19 +24,24 @@ from typing import Any
 
 from acl_compose import ui
 from acl_compose.errors import InputError
+from acl_compose.image import oem as oem_fs
 from acl_compose.run import run, which
-from acl_compose.testbed import disk, guest, sign
+from acl_compose.testbed import disk, esp, guest, sign
+from acl_compose.testbed import oem as tb_oem
 from acl_compose.trust import verity
 from acl_compose.util import atomic_dir
 
-DEFAULT_VERSION = "9999.2.0"
+DEFAULT_VERSION = disk.CURRENT.default_version
 SOURCE_DATE_EPOCH = 1767225600  # 2026-01-01T00:00:00Z: fixed timestamps where tools honour it
 IMAGE = "flatcar_production_image.bin"
 KEY_FILE = "testbed-signing-key.asc"
 PKG_DIR = Path(__file__).parent
 VERITY_SALT = hashlib.sha256(b"acl-compose testbed USR-A").digest()
 VERITY_UUID = disk.fixed_uuid("USR-A verity").lower()
-KEEP_BUILDS = 2
+KEEP_BUILDS = 4  # two flavours, and an older build of each while another session runs
+# Other modules whose code shapes the image: a change to them rebuilds the testbed too.
+SHAPING_MODULES = ("image/oem.py", "image/btrfs.py", "image/fs.py", "image/gpt.py",
+                   "sysext/builder.py", "sysext/bundle.py", "sysext/ddi.py")  # fmt: skip
 
 
 def check_version(version: str) -> tuple[int, int, int]:
@@ -49,13 +54,26 @@ def check_version(version: str) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
-def cache_key(version: str, fingerprint: str) -> str:
-    """Hash of the recipe: this package's code and files, package list, version, key."""
+def check_flavor(flavor: str) -> disk.Flavor:
+    if flavor not in disk.FLAVORS:
+        raise InputError(
+            f"testbed flavour {flavor!r} does not exist",
+            hint=f"use one of: {', '.join(disk.FLAVORS)}",
+        )
+    return disk.FLAVORS[flavor]
+
+
+def cache_key(version: str, fingerprint: str, flavor: str = "current") -> str:
+    """Hash of the recipe: this package's code and files, the image code it uses, package
+    list, version, key, flavour."""
     h = hashlib.sha256()
-    h.update(f"v1\n{version}\n{fingerprint}\n{guest.SUITE}\n{','.join(guest.PACKAGES)}\n".encode())
-    for path in sorted(PKG_DIR.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            h.update(str(path.relative_to(PKG_DIR)).encode() + b"\0")
+    h.update(f"v2\n{version}\n{fingerprint}\n{flavor}\n{guest.SUITE}\n".encode())
+    h.update(f"{','.join(guest.PACKAGES)}\n".encode())
+    files = [p for p in sorted(PKG_DIR.rglob("*")) if p.is_file()]
+    files += [PKG_DIR.parent / m for m in SHAPING_MODULES]
+    for path in files:
+        if "__pycache__" not in path.parts:
+            h.update(str(path.relative_to(PKG_DIR.parent)).encode() + b"\0")
             h.update(path.read_bytes() + b"\0")
     return h.hexdigest()[:32]
 
@@ -82,27 +100,30 @@ def require_root() -> None:
 
 def build(
     cache_dir: Path,
-    version: str = DEFAULT_VERSION,
+    version: str | None = None,
     output: Path | None = None,
     force: bool = False,
+    flavor: str = "current",
 ) -> dict[str, Any]:
     """Build (or reuse) the testbed release; copy it to `output` if given. Returns build.json."""
+    fl = check_flavor(flavor)
+    version = version or fl.default_version
     check_version(version)
     start = time.monotonic()
     base = Path(cache_dir) / "testbed"
     with _locked(base), sign.gnupg_home(base / "gnupg") as home:
         fpr = sign.fingerprint(home)
-        key = cache_key(version, fpr) if fpr else None
+        key = cache_key(version, fpr, flavor) if fpr else None
         entry = base / key if key else None
         cached = entry is not None and (entry / "build.json").exists() and not force
         if not cached:
             require_root()
             fpr = sign.ensure_key(home)
-            key = cache_key(version, fpr)
+            key = cache_key(version, fpr, flavor)
             entry = base / key
-            with ui.step(f"building testbed {version} (cache {entry})"):
+            with ui.step(f"building testbed {version}, {flavor} flavour (cache {entry})"):
                 with atomic_dir(entry) as tmp:
-                    _build(tmp, base, home, fpr, version, key)
+                    _build(tmp, base, home, fpr, version, key, fl)
             _prune(base, keep=entry)
         assert entry is not None
         info: dict[str, Any] = json.loads((entry / "build.json").read_text())
@@ -155,37 +176,6 @@ def _verity(path: Path) -> str:
     return result.root_hash
 
 
-def _grub_efi(out: Path, work: Path) -> None:
-    run(
-        [
-            "grub-mkstandalone",
-            "-O",
-            "x86_64-efi",
-            "-o",
-            out,
-            "--modules=part_gpt fat btrfs search search_label normal linux configfile "
-            "serial terminal test echo",
-            "--locales=",
-            "--themes=",
-            "--fonts=",
-            f"boot/grub/grub.cfg={guest.FILES / 'grub/embedded.cfg'}",
-        ],
-        env={"SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "TMPDIR": str(work)},
-    )
-
-
-def _grub_cfg(version: str, root_hash: str) -> bytes:
-    text = (guest.FILES / "grub/grub.cfg").read_text()
-    for k, v in {
-        "@USRHASH@": root_hash,
-        "@USR_PARTUUID@": disk.part("USR-A").guid.lower(),
-        "@HASH_OFFSET@": str(disk.USR_HASH_OFFSET),
-        "@VERSION@": version,
-    }.items():
-        text = text.replace(k, v)
-    return text.encode()
-
-
 def version_txt(version: str, build_id: str) -> str:
     b, br, p = check_version(version)
     return (
@@ -201,7 +191,9 @@ def _compress(image: Path) -> Path:
     return image.with_name(image.name + ".bz2")
 
 
-def _build(tmp: Path, base: Path, home: Path, fpr: str, version: str, key: str) -> None:
+def _build(
+    tmp: Path, base: Path, home: Path, fpr: str, version: str, key: str, fl: disk.Flavor
+) -> None:
     t0 = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -222,46 +214,41 @@ def _build(tmp: Path, base: Path, home: Path, fpr: str, version: str, key: str) 
     with ui.step("guest: customise, dracut, remove package manager"):
         trees = guest.build_guest(tar, work, version, build_id)
     lap("guest")
-    with ui.step("USR-A: btrfs + dm-verity"):
-        usr_img = parts / "usr-a.img"
-        disk.make_btrfs(
-            usr_img, disk.USR_HASH_OFFSET, trees.usr, "USR-A", disk.fixed_uuid("USR-A fs")
+    with ui.step(f"OEM: the {tb_oem.OEM_ID} OEM sysext, oem-release, grub.cfg"):
+        sysext_key, sysext_cert = tb_oem.signing_key(base / "sysext-key")
+        verity_d = trees.usr / "lib/verity.d"
+        verity_d.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sysext_cert, verity_d / "sysexts.crt")  # as Flatcar ships its own
+        oem_tree = work / "oem"
+        oem_sysext = tb_oem.oem_tree(oem_tree, work, version, sysext_key, sysext_cert)
+        oem_fs.make_oem_filesystem(
+            oem_tree, parts / "oem.img", fl.part("OEM").size, "OEM", disk.fixed_uuid("OEM fs")
         )
+    lap("oem")
+    with ui.step(f"USR-A: {fl.usr_fs} + dm-verity"):
+        usr_img = parts / "usr-a.img"
+        if fl.usr_fs == "ext2":
+            disk.make_ext2_usr(usr_img, disk.USR_FS_BLOCKS, trees.usr)
+        else:
+            disk.make_btrfs(
+                usr_img, disk.USR_HASH_OFFSET, trees.usr, "USR-A", disk.fixed_uuid("USR-A fs")
+            )
         with open(usr_img, "r+b") as f:
-            f.truncate(disk.part("USR-A").size)
+            f.truncate(fl.part("USR-A").size)
         root_hash = _verity(usr_img)
     lap("usr")
-    with ui.step("ESP: GRUB, kernel (root hash at byte 64), initramfs"):
+    with ui.step("ESP: GRUB with grub.cfg in its memdisk, kernel (root hash at byte 64)"):
         kernel = work / "vmlinuz-a"
         shutil.copyfile(trees.kernel, kernel)
         disk.write_kernel_hash(kernel, root_hash)
-        efi = work / "bootx64.efi"
-        _grub_efi(efi, work)
+        files = esp.esp_files(kernel, trees.initrd, root_hash, work, SOURCE_DATE_EPOCH)
         disk.make_vfat(
-            parts / "esp.img",
-            disk.part("EFI-SYSTEM").size,
-            "EFI-SYSTEM",
-            {
-                "EFI/boot/bootx64.efi": efi,
-                "EFI/boot/grub.cfg": _grub_cfg(version, root_hash),
-                "flatcar/vmlinuz-a": kernel,
-                "flatcar/initrd-a": trees.initrd,
-                "flatcar/first_boot": b"",
-            },
+            parts / "esp.img", fl.part("EFI-SYSTEM").size, "EFI-SYSTEM", esp.ESP_VOLUME_ID, files
         )
-    with ui.step("OEM and ROOT filesystems"):
-        oem = work / "oem"
-        oem.mkdir()
-        (oem / "oem-release").write_text(
-            f'ID=qemu\nVERSION_ID={version}\nNAME="QEMU"\nHOME_URL="https://www.qemu.org/"\n'
-        )
-        shutil.copyfile(guest.FILES / "oem/grub.cfg", oem / "grub.cfg")
-        disk.make_btrfs(
-            parts / "oem.img", disk.part("OEM").size, oem, "OEM", disk.fixed_uuid("OEM fs")
-        )
+    with ui.step("ROOT: mount points only"):
         disk.make_ext4(
             parts / "root.img",
-            disk.part("ROOT").size,
+            fl.part("ROOT").size,
             trees.root,
             "ROOT",
             disk.fixed_uuid("ROOT fs"),
@@ -277,6 +264,7 @@ def _build(tmp: Path, base: Path, home: Path, fpr: str, version: str, key: str) 
                 "OEM": parts / "oem.img",
                 "ROOT": parts / "root.img",
             },
+            fl,
         )
     lap("image")
     release = tmp / "release"
@@ -304,10 +292,15 @@ def _build(tmp: Path, base: Path, home: Path, fpr: str, version: str, key: str) 
         "fingerprint": fpr,
         "root_hash": root_hash,
         "kernel_version": trees.kernel_version,
-        "usr_partuuid": disk.part("USR-A").guid,
+        "flavor": fl.name,
+        "usr_fs": fl.usr_fs,
+        "usr_partuuid": fl.part("USR-A").guid,
+        "esp_fs_uuid": esp.ESP_FS_UUID,
+        "oem_sysext": {k: oem_sysext[k] for k in ("name", "version", "root_hash")},
+        "disk_guid": disk.DISK_GUID,
         "hash_offset": disk.USR_HASH_OFFSET,
         "data_blocks": disk.USR_FS_BLOCKS,
-        "partitions": {p.label: {"number": p.number, "size": p.size} for p in disk.LAYOUT},
+        "partitions": {p.label: {"number": p.number, "size": p.size} for p in fl.layout},
         "artifacts": [f.name for f in artifacts],
         "timings": timings,
         "key": key,

@@ -3,6 +3,11 @@
 Steps: mmdebstrap (cached as a tarball keyed by the package list), extract, customise
 (our files, user `core`, os-release, units), dracut in a chroot with Debian's Ignition
 module, record packages, remove the package manager, split into /usr and ROOT trees.
+
+As Flatcar's image build does, everything lives in /usr: /etc becomes /usr/share/flatcar/etc
+(the lower layer of the /etc overlay the initrd mounts), the rest of the root tree is recorded
+as tmpfiles.d lines the initrd replays (baselayout.conf, base_image_var.conf), and ROOT holds
+only the mount points boot, usr and oem.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from acl_compose.util import atomic_file
 FILES = Path(__file__).parent / "files"
 
 SUITE = "bookworm"
-# FACTS 8's known-good list, plus squashfs-tools and sudo (Flatcar's core has NOPASSWD sudo).
+# FACTS 8's known-good list, plus squashfs-tools and sudo (Flatcar's core has NOPASSWD sudo)
+# and gdisk (sgdisk: the initrd's disk-uuid randomizes the disk GUID as Flatcar's does).
 PACKAGES = (
     "systemd,systemd-sysv,udev,openssh-server,linux-image-cloud-amd64,dracut-core,"
     "dracut-network,isc-dhcp-client,iputils-arping,curl,ignition,cryptsetup-bin,kmod,"
-    "iproute2,btrfs-progs,e2fsprogs,erofs-utils,squashfs-tools,passwd,dbus,sudo"
+    "iproute2,btrfs-progs,e2fsprogs,erofs-utils,squashfs-tools,passwd,dbus,sudo,gdisk"
 ).split(",")
 # Units that only cost boot time under TCG (or belong to the removed package manager).
 MASK = (
@@ -40,7 +46,6 @@ MASK = (
 ENABLE = (
     "systemd-networkd.service",
     "acl-sshd-keygen.service",
-    "acl-first-boot-done.service",
     "acl-ignition-presets.service",
     "ssh.service",
     # Flatcar merges /etc/extensions at boot; Debian leaves the unit disabled.
@@ -49,6 +54,10 @@ ENABLE = (
     "ensure-sysext.service",
 )
 PACKAGE_MANAGER = ("apt", "dpkg")
+# Units in /usr enabled from /usr, as Flatcar ships them (flatcar/init).
+USR_WANTS = {"local-fs.target": ("boot.automount", "oem.mount")}
+# What ROOT keeps when the image is built (Flatcar: mount points and e2fsck's lost+found).
+ROOT_KEEP = ("boot", "usr", "oem")
 
 
 @dataclass
@@ -179,6 +188,11 @@ def customise(root: Path, version: str, build_id: str) -> None:
     chroot(root, "useradd", "--create-home", "--shell", "/bin/bash", "--groups", "sudo", "core")
     chroot(root, "systemctl", "enable", *ENABLE)
     chroot(root, "systemctl", "mask", *MASK)
+    for target, units in USR_WANTS.items():
+        wants = root / "usr/lib/systemd/system" / f"{target}.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        for unit in units:
+            (wants / unit).symlink_to(f"../{unit}")
     # Trim what a container host does not need (smaller /usr: faster build and boot).
     for d in ("usr/share/man", "usr/share/info", "usr/share/locale", "var/cache/apt"):
         shutil.rmtree(root / d, ignore_errors=True)
@@ -256,11 +270,9 @@ def remove_package_manager(root: Path) -> None:
 
 
 def split(root: Path, work: Path, kver: str) -> tuple[Path, Path, Path]:
-    """Move /usr out of `root` (leaving an empty mount point) and the kernel out of /boot."""
-    usr = work / "usr"
-    os.replace(root / "usr", usr)
-    (root / "usr").mkdir()
-    os.chmod(root / "usr", 0o755)
+    """Move the kernel out of /boot, /etc into /usr (the overlay's lower layer), record the
+    rest of the root tree as tmpfiles.d lines in /usr, and /usr out of `root`, which keeps
+    only the mount points (ROOT as Flatcar's image build leaves it)."""
     kernel = work / "vmlinuz"
     initrd = work / "initrd"
     shutil.move(root / f"boot/vmlinuz-{kver}", kernel)
@@ -271,7 +283,59 @@ def split(root: Path, work: Path, kver: str) -> tuple[Path, Path, Path]:
         p = root / name
         if p.is_symlink():
             p.unlink()
+    flatcar = root / "usr/share/flatcar"
+    shutil.rmtree(flatcar / "etc", ignore_errors=True)
+    os.replace(root / "etc", flatcar / "etc")
+    tmpfiles = root / "usr/lib/tmpfiles.d"
+    (tmpfiles / "baselayout.conf").write_text(baselayout(root))
+    (tmpfiles / "base_image_var.conf").write_text(tmpfiles_lines(root, "var"))
+    usr = work / "usr"
+    os.replace(root / "usr", usr)
+    for entry in root.iterdir():
+        if entry.name in ROOT_KEEP and entry.is_dir() and not entry.is_symlink():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    for name in ROOT_KEEP:
+        (root / name).mkdir(mode=0o755, exist_ok=True)
     return usr, kernel, initrd
+
+
+def _line(root: Path, path: Path) -> str | None:
+    """One tmpfiles.d line recreating `path` (a directory or symlink), numeric owners: the
+    initrd applies them before /etc (and its passwd) is mounted."""
+    rel = "/" + path.relative_to(root).as_posix()
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        return f"L {rel} - - - - {os.readlink(path)}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"d {rel} {stat.S_IMODE(st.st_mode):04o} {st.st_uid} {st.st_gid} -"
+    return None  # files are not recreated (Flatcar records directories only)
+
+
+def tmpfiles_lines(root: Path, top: str) -> str:
+    """The directories and symlinks under /`top`, parents first."""
+    lines = [_line(root, root / top)]
+    for dirpath, dirnames, filenames in os.walk(root / top):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            lines.append(_line(root, Path(dirpath) / name))
+    return "".join(f"{ln}\n" for ln in lines if ln)
+
+
+def baselayout(root: Path) -> str:
+    """The top of the root tree (merged-/usr links, /proc, /tmp, ...) and /home, /root."""
+    lines = ["# The root tree of the testbed image, recreated by the initrd on every boot."]
+    for entry in sorted(root.iterdir()):
+        if entry.name in ("usr", "etc", "var"):
+            continue
+        if entry.name in ("home", "root"):
+            lines.append(tmpfiles_lines(root, entry.name).rstrip("\n"))
+        else:
+            lines.append(_line(root, entry) or "")
+    return "\n".join(ln for ln in lines if ln) + "\n"
 
 
 def build_guest(tar: Path, work: Path, version: str, build_id: str) -> GuestTrees:
@@ -291,7 +355,7 @@ def build_guest(tar: Path, work: Path, version: str, build_id: str) -> GuestTree
 def contents_txt(trees: GuestTrees) -> str:
     """A listing like Flatcar's image_contents.txt: mode, owner, size, path (and link target)."""
     lines = []
-    for base, prefix in ((trees.root, "."), (trees.usr, "./usr")):
+    for base, prefix in ((trees.root, "."), (trees.usr, "./usr")):  # ROOT: mount points only
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames.sort()
             for name in sorted(dirnames + filenames):

@@ -63,7 +63,11 @@ def _expect_exactly_the_two_changes(r: dict, *, with_sha: bool = True) -> None:
     assert sx["files"] == {"changed": [EXT_RELEASE]}
     assert "units" not in sx
     assert ("sha256" in sx) is with_sha
-    assert list(r["ignition"]) == ["files"]
+    # The base config also links /etc/extensions/aks-node.raw to the new image on OEM.
+    assert list(r["ignition"]) == ["files", "links"]
+    (link,) = r["ignition"]["links"]["changed"]
+    assert r["ignition"]["links"] == {"changed": [link]}
+    assert link["path"] == "/etc/extensions/aks-node.raw" and link["fields"] == ["target"], link
     (f,) = r["ignition"]["files"]["changed"]
     assert r["ignition"]["files"] == {"changed": [f]}
     assert f["path"] == CHANGED_FILE and f["fields"] == ["contents"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import io
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.request
@@ -24,7 +26,9 @@ from typing import Any
 import pytest
 
 from acl_compose.image import gpt
-from acl_compose.testbed import disk, sign
+from acl_compose.testbed import disk, esp, guest, sign
+from acl_compose.testbed import oem as tb_oem
+from tests import btrfs_tools
 from tests.conftest import REPO, run_cli
 
 # The package exports the build() function under the same name as the module.
@@ -65,13 +69,65 @@ def test_cache_key_follows_inputs() -> None:
     assert a != tb.cache_key("9999.2.0", "E" * 40)
 
 
-def test_layout_is_flatcar_shaped() -> None:
+TYPE_GUIDS = {
+    "efi": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+    "bios": "21686148-6449-6E6F-744E-656564454649",
+    "flatcar-rootfs": "5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6",
+    "data": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+    "flatcar-reserved": "C95DC21A-DF0E-4340-8D7B-26CBFA9A03E0",
+    "flatcar-resize": "3884DD41-8582-4404-B9A8-E9B84F2DF50E",
+}
+
+
+def reference_placement(layout_file: Path) -> tuple[dict[int, dict], int]:
+    """disk_util's LoadPartitionConfig, re-done from its description: each non-blank
+    partition aligned to part_alignment after the previous one, from sector 34; the disk
+    rounded up to disk_alignment after 34 more sectors. Returns ({number: part}, sectors)."""
+    doc = json.loads(layout_file.read_text())
+    meta, base = doc["metadata"], doc["layouts"]["base"]
+    align, lba, parts = int(meta["part_alignment"]), 34, {}
+    for number in sorted(base, key=int):
+        p = dict(base[number])
+        if p["type"] == "blank":
+            continue
+        lba = -(-lba // align) * align
+        p["first"], p["blocks"] = lba, int(p["blocks"])
+        parts[int(number)] = p
+        lba += p["blocks"]
+    disk_align = int(meta["disk_alignment"])
+    return parts, -(-(lba + 34) // disk_align) * disk_align
+
+
+def test_layout_is_flatcar_current(reference: Path) -> None:
+    """The current flavour's GPT is the reference disk_layout.json's, partition by partition."""
+    want, sectors = reference_placement(reference / "flatcar-disk_layout.json")
     parts = disk.partitions()
-    assert [p.number for p in parts] == [1, 2, 3, 4, 6, 7, 9]
+    assert [p.number for p in parts] == sorted(want) == [1, 2, 3, 4, 6, 7, 9]
     for p in parts:
-        assert p.offset % disk.ALIGN == 0, p
+        w = want[p.number]
+        assert (p.name, p.first_lba, p.last_lba - p.first_lba + 1) == (
+            w["label"], w["first"], w["blocks"]), p  # fmt: skip
+        assert p.type_guid == TYPE_GUIDS[w["type"]], p
+        if "uuid" in w:
+            assert p.guid == w["uuid"].upper(), p
+    assert disk.disk_size() == sectors * 512
+    assert disk.DISK_GUID == "00000000-0000-0000-0000-000000000001"
     assert disk.USR_HASH_OFFSET == 1065345024  # Flatcar's --hash-offset
     assert disk.USR_HASH_OFFSET < disk.part("USR-A").size
+    # disk_util gives the "prioritize" partition priority 1 and the successful flag.
+    assert disk.part("USR-A").attributes == (1 << 48) | (1 << 56)
+
+
+def test_old_layout_is_flatcar_before_3815() -> None:
+    """Sizes of disk_layout.json before flatcar/scripts 07cc8512 (2025-09: 128 MiB ESP and
+    OEM, 1 GiB USR, ROOT 4427776 sectors; the ESP has the hybrid/legacy-boot feature)."""
+    old = disk.FLAVORS["old"]
+    sizes = {p.name: p.last_lba - p.first_lba + 1 for p in disk.partitions(old)}
+    assert sizes == {"EFI-SYSTEM": 262144, "BIOS-BOOT": 4096, "USR-A": 2097152,
+                     "USR-B": 2097152, "OEM": 262144, "OEM-CONFIG": 131072,
+                     "ROOT": 4427776}  # fmt: skip
+    assert old.part("EFI-SYSTEM").attributes == 1 << 2 and old.usr_fs == "ext2"
+    assert all(p.first_lba % 4096 == 0 for p in disk.partitions(old))
 
 
 def test_kernel_hash_round_trip(tmp_path: Path) -> None:
@@ -84,15 +140,58 @@ def test_kernel_hash_round_trip(tmp_path: Path) -> None:
         disk.write_kernel_hash(k, "abc")
 
 
-def test_grub_cfg_carries_hash_and_usr() -> None:
-    cfg = tb._grub_cfg("9999.2.0", "cd" * 32).decode()
+def test_grub_cfg_is_flatcars_with_the_hash() -> None:
+    """Flatcar's grub.cfg: no arguments of our own; the one departure is the baked hash."""
+    cfg = esp.grub_cfg("cd" * 32).decode()
     assert not re.search(r"@[A-Z_]+@", cfg)
     assert 'set usrhash="' + "cd" * 32 + '"' in cfg
-    assert "verity.usr=PARTUUID=$usr_partuuid" in cfg
-    assert 'usr_partuuid="7130c94a-213a-4e5a-8e26-6cce9662f132"' in cfg
-    assert "mount.usr=/dev/mapper/usr" in cfg and "mount.usrflags=ro" in cfg
-    # Ignition only while the first-boot flag file exists on the ESP.
-    assert re.search(r"if \[ -f \(\$root\)/flatcar/first_boot \]; then\s+set first_boot=", cfg)
+    assert 'set usr_uuid="7130c94a-213a-4e5a-8e26-6cce9662f132"' in cfg
+    assert 'set gptprio_cmdline="mount.usr=/dev/mapper/usr verity.usr=PARTUUID=$usr_uuid"' in cfg
+    assert (
+        'set linux_cmdline="rootflags=rw mount.usrflags=ro consoleblank=0 $linux_root '
+        '$linux_console $first_boot $randomize_disk_guid $oem $linux_append"'
+    ) in cfg
+    assert "linux $gptprio_kernel $gptprio_cmdline $linux_cmdline verity.usrhash=$usrhash" in cfg
+    assert re.search(r'if \[ -f "\(\$root\)/flatcar/first_boot" \]; then\s+'
+                     r'set first_boot="flatcar.first_boot=detected"', cfg)  # fmt: skip
+    for made_up in ("ignition.firstboot", "ignition.platform.id", "verity.usrhashoffset",
+                    "mount.usrfstype", "rootfstype"):  # fmt: skip
+        assert made_up not in cfg
+    tar = esp.memdisk_tar(cfg.encode(), 0)
+    assert tar == esp.memdisk_tar(cfg.encode(), 0)  # reproducible
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        assert t.getnames() == ["grub.cfg"]
+        assert t.extractfile("grub.cfg").read() == cfg.encode()
+
+
+def test_root_tree_becomes_tmpfiles_lines(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    for d in ("usr/bin", "var/lib/x", "home/core", "tmp", "etc", "boot"):
+        (root / d).mkdir(parents=True)
+    os.chmod(root / "tmp", 0o1777)
+    (root / "bin").symlink_to("usr/bin")
+    (root / "var/run").symlink_to("/run")
+    (root / "var/lib/x/file").write_text("not recreated")
+    os.chown(root / "home/core", 1000, 1000)
+    lines = guest.baselayout(root).splitlines()
+    assert "L /bin - - - - usr/bin" in lines
+    assert "d /tmp 1777 0 0 -" in lines and "d /boot 0755 0 0 -" in lines
+    assert "d /home/core 0755 1000 1000 -" in lines
+    assert not [ln for ln in lines if ln.startswith(("d /usr", "d /etc", "d /var"))]
+    var = guest.tmpfiles_lines(root, "var").splitlines()
+    assert var == ["d /var 0755 0 0 -", "d /var/lib 0755 0 0 -", "L /var/run - - - - /run",
+                   "d /var/lib/x 0755 0 0 -"]  # fmt: skip
+
+
+def test_oem_sysext_bundle_is_flatcar_shaped(tmp_path: Path) -> None:
+    from acl_compose.sysext import load_bundle
+
+    bundle = load_bundle(tb_oem._bundle(tmp_path / "b", "9999.2.0"))
+    assert bundle.name == "oem-qemu" and bundle.version == tb_oem.OEM_VERSION
+    release = bundle.extension_release()
+    assert release["ID"] == "flatcar" and release["VERSION_ID"] == "9999.2.0"
+    assert "SYSEXT_LEVEL" not in release and release["EXTENSION_RELOAD_MANAGER"] == "1"
+    assert tb_oem.oem_release().splitlines()[0] == "ID=qemu"
 
 
 def test_digests_format(tmp_path: Path) -> None:
@@ -198,31 +297,37 @@ def _cache(info: dict[str, Any]) -> Path:
 
 
 @pytest.mark.integration
-def test_gpt_matches_flatcar_layout(testbed_image: Path, reference: Path) -> None:
-    layout = json.loads((reference / "flatcar-disk_layout.json").read_text())["layouts"]["base"]
-    types = {
-        "efi": "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
-        "bios": "21686148-6449-6E6F-744E-656564454649",
-        "flatcar-rootfs": "5DFBF5F4-2848-4BAC-AA5E-0D9A20B745A6",
-        "data": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
-        "flatcar-reserved": "C95DC21A-DF0E-4340-8D7B-26CBFA9A03E0",
-        "flatcar-resize": "3884DD41-8582-4404-B9A8-E9B84F2DF50E",
-    }
+def test_gpt_matches_flatcar_layout(testbed_image: Path, reference: Path, tmp_path: Path) -> None:
+    """The built image, as sgdisk reads it, against the reference layout; OEM as btrfs-progs
+    reads it: mixed, label OEM, compression=zlib on every file and directory."""
+    want, sectors = reference_placement(reference / "flatcar-disk_layout.json")
+    assert testbed_image.stat().st_size == sectors * 512
     listing = subprocess.run(["sgdisk", "-p", testbed_image], capture_output=True, text=True,
                              check=True).stdout  # fmt: skip
+    assert "Disk identifier (GUID): 00000000-0000-0000-0000-000000000001" in listing
     numbers = [int(m[1]) for m in re.finditer(r"^\s+(\d+)\s+\d+\s+\d+", listing, re.M)]
-    expected = sorted(int(n) for n, p in layout.items() if p.get("type") != "blank")
-    assert numbers == expected == [1, 2, 3, 4, 6, 7, 9]
+    assert numbers == sorted(want) == [1, 2, 3, 4, 6, 7, 9]
     for n in numbers:
-        want = layout[str(n)]
+        w = want[n]
         info = subprocess.run(["sgdisk", "-i", str(n), testbed_image], capture_output=True,
                               text=True, check=True).stdout  # fmt: skip
-        assert f"Partition name: '{want['label']}'" in info
-        assert re.search(rf"Partition GUID code: {types[want['type']]}\b", info), info
-        if "uuid" in want:
-            assert f"Partition unique GUID: {want['uuid'].upper()}" in info
-        first = int(re.search(r"First sector: (\d+)", info)[1])
-        assert first % 4096 == 0  # Flatcar's 2 MiB alignment
+        assert f"Partition name: '{w['label']}'" in info
+        assert re.search(rf"Partition GUID code: {TYPE_GUIDS[w['type']]}\b", info), info
+        if "uuid" in w:
+            assert f"Partition unique GUID: {w['uuid'].upper()}" in info
+        assert f"First sector: {w['first']} " in info, info
+        assert f"Partition size: {w['blocks']} sectors" in info, info
+        if w["label"] == "USR-A":
+            assert "Attribute flags: 0101000000000000" in info, info
+    oem = tmp_path / "oem.img"
+    gpt.copy_out(testbed_image, gpt.read(testbed_image).by_label("OEM"), oem)
+    assert btrfs_tools.check(oem).returncode == 0
+    assert btrfs_tools.mixed(oem) and btrfs_tools.super_field(oem, "label") == "OEM"
+    tree = btrfs_tools.fs_tree(oem)
+    assert {"", "oem-release", "grub.cfg"} <= set(tree)
+    for path, attrs in tree.items():
+        assert attrs["xattrs"] == {"btrfs.compression": "zlib"}, path
+        assert attrs["flags"] & 0x800, path
 
 
 @pytest.mark.integration

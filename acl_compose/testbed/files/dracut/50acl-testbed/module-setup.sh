@@ -1,7 +1,12 @@
 #!/bin/bash
-# acl-compose testbed: what Flatcar's initramfs does beyond Debian's stock modules.
-# - copy baked Ignition configs from the OEM partition before Ignition fetches
-# - open /usr with dm-verity from Flatcar's verity.usr= / verity.usrhash= arguments
+# acl-compose testbed: what Flatcar's initrd (bootengine) does, on Debian's dracut and Ignition.
+# - /usr from verity.usr= / verity.usrhash= at the fixed hash offset (verity-generator)
+# - Ignition on flatcar.first_boot, platform from flatcar.oem.id (replaces Debian's generator)
+# - OEM base/base.ign and config.ign handed to Ignition (ignition-setup)
+# - flatcar/first_boot removed from the ESP after Ignition (ignition-quench)
+# - disk GUID randomized on first boot (disk-uuid)
+# - ROOT reset, base layout and the /etc overlay (initrd-setup-root), OEM sysext link
+#   (initrd-setup-root-after-ignition)
 # - a no-op setfiles (Debian's Ignition always relabels; SELinux is off here)
 check() { return 0; }
 
@@ -12,21 +17,46 @@ depends() {
 # The build omits dracut's kernel-modules (every storage driver: a 40 MB initramfs
 # that takes long to load under TCG) and installs the drivers a VM needs here instead.
 installkernel() {
-    hostonly='' instmods btrfs ext4 vfat nls_cp437 nls_iso8859_1 dm-mod dm-verity \
+    hostonly='' instmods btrfs ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii dm-mod dm-verity overlay \
         virtio_blk virtio_pci virtio_scsi virtio_net virtio_console qemu_fw_cfg \
         sd_mod sr_mod ahci nvme hv_vmbus hv_storvsc hv_netvsc hv_utils hid_hyperv
 }
 
 install() {
-    inst_multiple mount umount mkdir cp rm tr veritysetup
-    inst_script "$moddir/acl-verity-generator" \
-        "$systemdutildir/system-generators/acl-verity-generator"
-    inst_script "$moddir/acl-oem-ignition.sh" /usr/libexec/acl-oem-ignition
+    inst_multiple mount umount mountpoint mkdir cp rm rmdir ln tr cut grep find sort cat \
+        veritysetup dmsetup sgdisk udevadm systemd-tmpfiles systemd-escape systemd-detect-virt
+    # Flatcar's wiring replaces Debian's ignition.firstboot= generator.
+    rm -f "$initdir$systemdutildir/system-generators/ignition-generator"
+    inst_script "$moddir/ignition-generator" "$systemdutildir/system-generators/ignition-generator"
+    inst_script "$moddir/verity-generator" "$systemdutildir/system-generators/verity-generator"
+    inst_script "$moddir/ignition-setup-pre.sh" /usr/sbin/ignition-setup-pre
+    inst_script "$moddir/ignition-setup.sh" /usr/sbin/ignition-setup
+    inst_script "$moddir/disk-uuid.sh" /usr/sbin/disk-uuid
+    inst_script "$moddir/initrd-setup-root.sh" /usr/sbin/initrd-setup-root
+    inst_script "$moddir/initrd-setup-root-after-ignition.sh" \
+        /usr/sbin/initrd-setup-root-after-ignition
     inst_script "$moddir/setfiles" /usr/sbin/setfiles
-    inst_simple "$moddir/acl-oem-ignition.service" \
-        "$systemdsystemunitdir/acl-oem-ignition.service"
-    # Same wiring as Ignition's own units: only pulled in on an Ignition (first) boot.
-    mkdir -p "$initdir/$systemdsystemunitdir/ignition-complete.target.requires"
-    ln_r "$systemdsystemunitdir/acl-oem-ignition.service" \
-        "$systemdsystemunitdir/ignition-complete.target.requires/acl-oem-ignition.service"
+    inst_rules "$moddir/90-disk-uuid.rules"
+    inst_simple "$moddir/00-forward-to-console.conf" \
+        /etc/systemd/journald.conf.d/00-forward-to-console.conf
+    local unit
+    for unit in ignition-setup-pre.service ignition-setup.service ignition-quench.service \
+        sysroot-boot.service sysroot-oem.mount disk-uuid.service initrd-setup-root.service \
+        initrd-setup-root-after-ignition.service; do
+        inst_simple "$moddir/$unit" "$systemdsystemunitdir/$unit"
+    done
+    for unit in ignition-mount.service ignition-files.service; do
+        inst_simple "$moddir/10-flatcar.conf" "$systemdsystemunitdir/$unit.d/10-flatcar.conf"
+    done
+    # Like Ignition's own units: the setup services only on an Ignition (first) boot; the
+    # root setup on every boot.
+    mkdir -p "$initdir/$systemdsystemunitdir/ignition-complete.target.requires" \
+        "$initdir/$systemdsystemunitdir/initrd.target.wants"
+    for unit in ignition-setup-pre.service ignition-setup.service; do
+        ln_r "$systemdsystemunitdir/$unit" \
+            "$systemdsystemunitdir/ignition-complete.target.requires/$unit"
+    done
+    for unit in initrd-setup-root.service initrd-setup-root-after-ignition.service; do
+        ln_r "$systemdsystemunitdir/$unit" "$systemdsystemunitdir/initrd.target.wants/$unit"
+    done
 }
