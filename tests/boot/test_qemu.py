@@ -299,7 +299,7 @@ def test_boot_cli_refuses_missing_image(tmp_path: Path) -> None:
 def test_pytest_plugin_direct_kernel_boot(composed_release, tmp_path: Path) -> None:
     """`pytest qemu-tests/ --image` boots once itself; `--firmware kernel` still seals /usr.
 
-    The ESP's kernel is booted with GRUB's arguments (read from grub.cfg), so the /usr root
+    The ESP's kernel is booted with the arguments GRUB would build (synthesized), so the /usr root
     hash on the command line must be release.json's and /usr a dm-verity device.
     """
     junit = tmp_path / "junit.xml"

@@ -60,9 +60,16 @@ def _sh(vm: VM, command: str) -> str:
 
 
 def _merged(vm: VM) -> set[str]:
-    out = _sh(vm, "systemd-sysext status --no-legend")
-    rows = [line.split() for line in out.splitlines()]
-    return {n for row in rows if len(row) > 1 for n in row[1].split(",")} - {"none"}
+    """Extensions merged into /usr and /opt. systemd 252 prints a hierarchy's extensions one
+    per line: the first beside the hierarchy, the others alone on continuation lines."""
+    names = set()
+    for line in _sh(vm, "systemd-sysext status --no-legend").splitlines():
+        fields = line.split()
+        if fields and fields[0].startswith("/"):
+            names.update(fields[1:2])
+        elif len(fields) == 1:
+            names.add(fields[0])
+    return names - {"none"}
 
 
 def _state(vm: VM, release: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +80,7 @@ def _state(vm: VM, release: dict[str, Any]) -> dict[str, Any]:
         "cert": _sh(vm, f"sha256sum < {release['signing']['verity_d']}").split()[0],
         # Effects of the product's Ignition configs (ignition/base.yaml).
         "journald": _sh(vm, "cat /etc/systemd/journald.conf.d/10-acl-limits.conf"),
-        "max_map_count": _sh(vm, "sysctl -n vm.max_map_count").strip(),
+        "max_map_count": _sh(vm, "cat /proc/sys/vm/max_map_count").strip(),
         "machine_id": _sh(vm, "cat /etc/machine-id").strip(),
     }
 
