@@ -263,9 +263,16 @@ class Filesystem:
                     inserts.setdefault(nodes[p].number, []).append(self._xattr_item(
                         nodes[p].number, name, value))  # fmt: skip
         count = 0
-        for path, logical, leaf in list(self._leaves(self.fs_tree_root())):
-            items = self._leaf_items(leaf)
-            changed = False
+        # A full leaf hands its last items on to the next one, which may hand on its own in
+        # turn (btrfs' push_leaf_right, cascaded): `carry` holds them meanwhile. Blocks are
+        # re-read as they are reached.
+        carry: list[Item] = []
+        leaves = [(path, logical) for path, logical, _ in self._leaves(self.fs_tree_root())]
+        for path, logical in leaves:
+            leaf = self.read_block(logical)
+            original = self._leaf_items(leaf)
+            items = carry + original
+            changed, carry = bool(carry), []
             for item in list(items):
                 number, ktype, _ = item.key
                 if ktype == XATTR_ITEM:
@@ -285,20 +292,20 @@ class Filesystem:
                         count, changed = count + len(new), True
             if not changed:
                 continue
-            first = self._leaf_items(leaf)[0].key
             items.sort(key=lambda it: it.key)
             if len({it.key for it in items}) != len(items):
                 raise ToolError(f"{self.path}: xattrs collide in tree block {logical}")
-            used = HEADER_SIZE + sum(ITEM_SIZE + len(it.data) for it in items)
-            if used > self.nodesize:
-                raise ToolError(
-                    f"{self.path}: no room in tree block {logical} for the added xattrs",
-                    hint="the rebuilt filesystem was not used; report this with the base image",
-                )
+            while _used(items) > self.nodesize and len(items) > 1:
+                carry.insert(0, items.pop())
             _write_leaf_items(leaf, items)
             self.write_block(logical, leaf)
-            if items[0].key != first:
+            if not original or items[0].key != original[0].key:
                 self._fix_parent_keys(path, items[0].key)
+        if carry:
+            raise ToolError(
+                f"{self.path}: no room in the filesystem tree's leaves for the added xattrs",
+                hint="the rebuilt filesystem was not used; report this with the base image",
+            )
         self._check_order()
         return count
 
@@ -350,6 +357,10 @@ def _entries(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             data[name_at + name_len : name_at + name_len + data_len],
         )
         pos = name_at + name_len + data_len
+
+
+def _used(items: list[Item]) -> int:
+    return HEADER_SIZE + sum(ITEM_SIZE + len(it.data) for it in items)
 
 
 def _write_leaf_items(leaf: bytearray, items: list[Item]) -> None:

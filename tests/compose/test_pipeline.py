@@ -22,7 +22,7 @@ from acl_compose.image.outputs import copy_sparse
 from acl_compose.image.sparse import data_ranges
 from tests import btrfs_tools
 from tests.conftest import run_cli
-from tests.fixtures_compose import REPO, build_mini_flatcar, write_manifest
+from tests.fixtures_compose import PRODUCT_SYSEXTS, REPO, build_mini_flatcar, write_manifest
 from tests.image.test_vhd_footer import assert_azure_fixed_vhd
 
 BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
@@ -504,7 +504,7 @@ def test_testbed_compose_inspect_verify(composed_release, testbed_image, tmp_pat
         gpt.copy_out(path, gpt.read(path).by_label("OEM"), parts[which])
     assert_oem_kept(parts["base"], parts["new"])
     assert gpt.read(composed_release.raw).guid == gpt.read(testbed_image).guid
-    assert [s["name"] for s in rel["sysexts"]] == ["azure-base", "aks-node"]
+    assert [s["name"] for s in rel["sysexts"]] == list(PRODUCT_SYSEXTS)
     assert rel["base"]["signature_verified"] is True
     assert any(a["name"] == "flatcar_production_image.bin.bz2" and len(a["sha512"]) == 128
                for a in rel["base"]["artifacts"])  # fmt: skip
@@ -515,8 +515,8 @@ def test_testbed_compose_inspect_verify(composed_release, testbed_image, tmp_pat
     assert r["usr"]["verified"] is True
     assert r["flatcar_version"] == rel["os_release"].get("VERSION")
     assert {s["name"]: (s["signed"], s["status"]) for s in r["sysexts"]} == {
-        "azure-base": (True, "ok"), "aks-node": (True, "ok")
-    }  # fmt: skip
+        name: (True, "ok") for name in PRODUCT_SYSEXTS
+    }
     assert r["oem"]["configs"]["base/base.ign"]["sha256"] == rel["ignition"]["sha256"]
     proc = verify(composed_release.out_dir, composed_release.cert, check=True)
     assert json.loads(proc.stdout)["ok"] is True

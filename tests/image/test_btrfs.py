@@ -194,3 +194,30 @@ def test_kernel_agrees_with_the_patched_filesystem(tmp_path: Path) -> None:
         subprocess.run(["umount", mnt], check=True)
         subprocess.run(["btrfs", "device", "scan", "--forget"], capture_output=True)
     assert btrfs_tools.check(img).returncode == 0
+
+
+def test_added_xattr_spills_into_the_next_leaf(tmp_path: Path) -> None:
+    """When the top directory's leaf is full, its last items move to the next leaf (btrfs'
+    push_leaf_right), which hands its own on when it is full too; parent keys follow."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(150):  # enough inodes for an FS tree of several leaves
+        (tree / f"file-{i:03d}.conf").write_text(f"{i}\n")
+    img = tmp_path / "fs.img"
+    mkfs(tree, img)
+    with btrfs.Filesystem(img) as f:
+        leaves = list(f._leaves(f.fs_tree_root()))
+        assert len(leaves) >= 3
+        free = [4096 - btrfs._used(f._leaf_items(leaf)) for _, _, leaf in leaves[:2]]
+    # Fits neither the first leaf nor what the second could take from it: a cascade.
+    big = b"v" * min(sum(free) + 200, 3800)
+    with btrfs.Filesystem(img, write=True) as f:
+        assert f.patch({}, {}, {"": {b"user.big": big}}) == 1
+    check = btrfs_tools.check(img)
+    assert check.returncode == 0, check.stdout + check.stderr
+    seen = btrfs_tools.fs_tree(img)
+    shown = seen[""]["xattrs"]["user.big"]  # dump-tree prints long values shortened
+    assert len(shown) >= 200 and big.decode().startswith(shown)
+    assert {f"file-{i:03d}.conf" for i in range(150)} <= set(seen)
+    with btrfs.Filesystem(img) as f:
+        assert f.by_path()[""].xattrs[b"user.big"] == big

@@ -13,7 +13,7 @@ import pytest
 
 from tests.compose.test_sbom import validate
 from tests.conftest import run_cli
-from tests.fixtures_compose import REPO, _compose_cache, write_manifest
+from tests.fixtures_compose import _compose_cache, write_manifest
 from tests.provenance.test_changes import _expect_exactly_the_two_changes, _variant
 
 
@@ -60,11 +60,15 @@ def test_testbed_diff_shows_exactly_the_changes(composed_release, tmp_path, tmp_
     import yaml
 
     bundle, ign = _variant(tmp_path)
+    # The demo release's manifest with aks-node and base.yaml swapped for their variants.
+    doc = yaml.safe_load(composed_release.manifest.read_text())
+    swap = {"aks-node": str(bundle), "base.yaml": str(ign)}
+    sysexts = [Path(swap.get(Path(p).name, p)) for p in doc["sysexts"]]
+    configs = [Path(swap.get(Path(p).name, p)) for p in doc["ignition"]]
     m = write_manifest(
-        tmp_path / "m.yaml", base=yaml.safe_load(composed_release.manifest.read_text())["base"],
-        key=composed_release.key, cert=composed_release.cert,
-        sysexts=[REPO / "sysext" / "azure-base", bundle],
-        ignition=[ign, REPO / "ignition" / "aks-node.yaml"],
+        tmp_path / "m.yaml", base=doc["base"], key=composed_release.key,
+        cert=composed_release.cert, sysexts=sysexts, ignition=configs,
+        outputs=tuple(doc["outputs"]),
     )  # fmt: skip
     cache = _compose_cache(tmp_path_factory)  # the session's: the verified base is reused
     sde = str(composed_release.release["source_date_epoch"])
