@@ -25,8 +25,10 @@ pytestmark = pytest.mark.platform("azure", reason="booted with --platform azure 
 READY_WITHIN = 300.0  # seconds after SSH answered; the agent reports within a minute under TCG
 
 
-@pytest.fixture(scope="module")
-def azure() -> dict[str, Any]:
+@pytest.fixture
+def azure(_declared_applicability: None) -> dict[str, Any]:
+    """What the harness gave the VM. After the platform check (conftest), so that a guest
+    booted for another platform reports "not applicable", not an undeclared skip."""
     path = os.environ.get(ENV_AZURE)
     if not path:
         pytest.skip("not applicable: the guest was not booted with --platform azure")

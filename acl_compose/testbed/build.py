@@ -26,7 +26,7 @@ from acl_compose import ui
 from acl_compose.errors import InputError
 from acl_compose.image import oem as oem_fs
 from acl_compose.run import run, which
-from acl_compose.testbed import disk, esp, guest, sign
+from acl_compose.testbed import disk, esp, guest, oem_azure, sign
 from acl_compose.testbed import oem as tb_oem
 from acl_compose.trust import verity
 from acl_compose.util import atomic_dir
@@ -224,6 +224,10 @@ def _build(
         oem_fs.make_oem_filesystem(
             oem_tree, parts / "oem.img", fl.part("OEM").size, "OEM", disk.fixed_uuid("OEM fs")
         )
+        published = {}
+        if oem_azure.ARTIFACT in fl.oem_artifacts:
+            rec = oem_azure.build(work, version, base.parent, key=sysext_key, cert=sysext_cert)
+            published[oem_azure.ARTIFACT] = Path(rec["path"])
     lap("oem")
     with ui.step(f"USR-A: {fl.usr_fs} + dm-verity"):
         usr_img = parts / "usr-a.img"
@@ -279,6 +283,8 @@ def _build(
         (vdir / "flatcar_production_image_packages.txt").write_text(trees.packages_txt)
         (vdir / "flatcar_production_image_contents.txt").write_text(contents)
         (vdir / "version.txt").write_text(version_txt(version, build_id))
+        for name, path in published.items():
+            shutil.copyfile(path, vdir / name)
         artifacts = sorted(vdir.iterdir())
         for f in artifacts:
             sign.sign_artifact(home, fpr, f)

@@ -78,6 +78,8 @@ class Flavor:
     usr_fs: str  # "btrfs" or "ext2"
     default_version: str
     description: str
+    # Platform OEM sysexts published beside the image (oem-azure.raw), as releases since 3760 do.
+    oem_artifacts: tuple[str, ...] = ()
 
     def part(self, label: str) -> Part:
         return next(p for p in self.layout if p.label == label)
@@ -90,6 +92,7 @@ FLAVORS = {
         "btrfs",
         "9999.2.0",
         "today's Flatcar (alpha 4487 on): 1 GiB ESP and OEM, 2 GiB USR, btrfs /usr",
+        ("oem-azure.raw",),
     ),
     "old": Flavor(
         "old",

@@ -40,6 +40,7 @@ ARTIFACTS = (
     "flatcar_production_image_packages.txt",
     "flatcar_production_image_contents.txt",
     "version.txt",
+    "oem-azure.raw",  # Flatcar's Azure OEM sysext, pinned to the release (testbed/oem_azure.py)
 )
 
 
