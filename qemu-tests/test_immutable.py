@@ -99,10 +99,16 @@ while [ $# -ge 3 ]; do
         directory|subvolume) scan "extension $name" "$path" /usr /opt; continue ;;
     esac
     real=$(readlink -f "$path")
+    # The loop device by the file's identity (inode, device), not backing_file's path: images
+    # opened in systemd-sysext's private mount namespace show a path relative to their
+    # filesystem once that namespace is gone (/extensions/x.raw for OEM:/extensions/x.raw).
+    want=$(stat -L -c '%i %Hd:%Ld' "$real")
     dev=""
     for b in /sys/block/loop*/loop/backing_file; do
-        [ -r "$b" ] && [ "$(cat "$b")" = "$real" ] || continue
+        [ -r "$b" ] || continue
         loop=${b%/loop/backing_file}
+        got=$(losetup -n -O BACK-INO,BACK-MAJ:MIN "/dev/${loop##*/}" | xargs)
+        [ "$got" = "$want" ] || continue
         for part in "$loop" "$loop"/"${loop##*/}"p*; do
             [ -d "$part" ] || continue
             for h in "$part"/holders/dm-*; do [ -e "$h" ] && dev=/dev/${h##*/}; done

@@ -63,12 +63,17 @@ def test_sysext_files_visible(host: Any, required_release: dict[str, Any]) -> No
 
 
 # Per dm-verity device, tab-separated: name, table ("start length verity ..."), open count,
-# status (V valid, C corrupted), the files behind its data and hash devices (loop devices).
+# status (V valid, C corrupted), the files behind its data and hash devices (loop devices) by
+# identity: "inode major:minor path". The path alone misleads: an image opened in
+# systemd-sysext's private mount namespace shows a path relative to its filesystem once that
+# namespace is gone (/extensions/x.raw for OEM:/extensions/x.raw), so inode and device decide.
 VERITY_DEVICES = r"""
 backing() {
     d=$(readlink -f "/sys/dev/block/$1")
     [ -e "$d/loop/backing_file" ] || d=${d%/*}
-    cat "$d/loop/backing_file" 2>/dev/null || true
+    [ -e "$d/loop/backing_file" ] || return 0
+    echo "$(losetup -n -O BACK-INO,BACK-MAJ:MIN "/dev/${d##*/}" | xargs)" \
+        "$(cat "$d/loop/backing_file")"
 }
 dmsetup table --target verity | while IFS= read -r line; do
     case "$line" in *": "*) ;; *) continue ;; esac
@@ -100,7 +105,9 @@ def test_sysext_verity_activated(
     for line in out.stdout.splitlines():
         name, table, opened, status, data, hashdev = line.split("\t")
         devices[table.split()[11]] = (name, opened, status, data, hashdev)  # by root hash
-    images = host.check_output("readlink -f " + " ".join(shlex.quote(s["path"]) for s in items))
+    # One line per image: "inode major:minor path" (stat follows the /etc/extensions link).
+    paths = " ".join(shlex.quote(s["path"]) for s in items)
+    images = host.check_output(f"stat -L -c '%i %Hd:%Ld %n' {paths}")
     problems = []
     for s, image in zip(items, images.splitlines(), strict=True):
         found = devices.get(s.get("root_hash") or "")
@@ -108,8 +115,9 @@ def test_sysext_verity_activated(
             problems.append(f"{s['name']}: no dm-verity device has root hash {s.get('root_hash')}")
             continue
         name, opened, status, data, hashdev = found
-        if (data, hashdev) != (image, image):
-            problems.append(f"{s['name']}: {name} reads {data} and {hashdev}, not {image}")
+        want, got = image.split()[:2], [d.split()[:2] for d in (data, hashdev)]
+        if got != [want, want]:
+            problems.append(f"{s['name']}: {name} reads {data!r} and {hashdev!r}, not {image!r}")
         if not opened.isdigit() or int(opened) < 1:
             problems.append(f"{s['name']}: {name} is not open (not a merged layer)")
         if status != "V":

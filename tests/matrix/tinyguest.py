@@ -1,11 +1,14 @@
 """A tiny guest for the matrix tests: a Debian kernel + a busybox initramfs on a GPT disk.
 
 It boots to userspace in seconds under TCG, so the matrix mechanics (timeouts, retries, lost
-workers, resume, clusters) are tested on real QEMU boots without the full OS. The disk has an
-ESP with `flatcar/vmlinuz-a`, `flatcar/initrd-a` and `EFI/boot/grub.cfg`, so the harness
-boots it with `--firmware kernel` exactly as it boots a composed image. The initramfs (cpio
-newc, written here) runs the console agent (`acl_compose.matrix.console.AGENT_SCRIPT`) on the
-second serial port, where `console` suites reach it instead of SSH.
+workers, resume, clusters) are tested on real QEMU boots without the full OS. The disk is
+laid out as Flatcar's is where the harness looks: an ESP with `flatcar/vmlinuz-a` and
+`flatcar/initrd-a`, and an (empty) USR-A partition that gptprio picks, so the harness boots
+it with `--firmware kernel` exactly as it boots a composed image (image.bootfiles synthesizes
+GRUB's command line; the kernel carries no root hash, so no dm-verity). The initramfs (cpio
+newc, written here) writes to the first serial port and runs the console agent
+(`acl_compose.matrix.console.AGENT_SCRIPT`) on the second, where `console` suites reach it
+instead of SSH.
 
 Behaviours, chosen by `mode`: "ok" (agent starts), "hang" (init never starts the agent: a
 boot that hangs), "panic" (init exits: a kernel panic).
@@ -30,10 +33,8 @@ from acl_compose.matrix.console import AGENT_SCRIPT  # noqa: E402
 
 MIB = 1 << 20
 BUSYBOX = Path("/bin/busybox")  # Debian's busybox-static
-GRUB_CFG = (
-    "menuentry tiny {\n  linux /flatcar/vmlinuz-a quiet panic=-1 tiny.mode=MODE\n"
-    "  initrd /flatcar/initrd-a\n}\n"
-)
+USR_A = "7130c94a-213a-4e5a-8e26-6cce9662f132"  # Flatcar's USR-A PARTUUID (vmlinuz-a)
+GPTPRIO = (1 << 48) | (1 << 56)  # priority 1, booted successfully: gptprio.next's pick
 
 INIT = """#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -41,6 +42,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec >/dev/ttyS0 2>&1  # the harness's console log, whichever console= came last
 mkdir -p /tmp /run
 echo "tiny guest: init started (mode $MODE)"
 case "$MODE" in
@@ -84,23 +86,21 @@ def _sh(*argv: str | os.PathLike[str]) -> None:
 
 
 def build_tiny_image(dest: Path, kernel: Path, mode: str = "ok") -> Path:
-    """A raw GPT disk: ESP (kernel, initramfs, grub.cfg) and nothing else (~40 MiB sparse)."""
+    """A raw GPT disk: ESP (kernel, initramfs) and an empty USR-A (~40 MiB sparse)."""
     work = dest.with_name(dest.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     initrd = build_initramfs(work / "initrd", mode)
-    (work / "grub.cfg").write_text(GRUB_CFG.replace("MODE", mode))
     esp = work / "esp.img"
     _sh("mkfs.vfat", "-C", "-n", "EFI-SYSTEM", esp, str(30 * 1024))
-    _sh("mmd", "-i", esp, "::/flatcar", "::/EFI", "::/EFI/boot")
+    _sh("mmd", "-i", esp, "::/flatcar")
     _sh("mcopy", "-i", esp, kernel, "::/flatcar/vmlinuz-a")
     _sh("mcopy", "-i", esp, initrd, "::/flatcar/initrd-a")
-    _sh("mcopy", "-i", esp, work / "grub.cfg", "::/EFI/boot/grub.cfg")
-    part = gpt.Partition(
-        1, gpt.TYPES["efi"], str(uuid.uuid4()), "EFI-SYSTEM", 2048, 2048 + 32 * MIB // 512 - 1
-    )
+    end = 2048 + 32 * MIB // 512
+    part = gpt.Partition(1, gpt.TYPES["efi"], str(uuid.uuid4()), "EFI-SYSTEM", 2048, end - 1)
+    usr = gpt.Partition(3, gpt.TYPES["flatcar-usr"], USR_A, "USR-A", end, end + 2047, GPTPRIO)
     dest.unlink(missing_ok=True)
-    gpt.write(dest, [part], str(uuid.uuid4()), size=(2048 + 32 * MIB // 512 + 2048) * 512)
+    gpt.write(dest, [part, usr], str(uuid.uuid4()), size=(end + 2048 + 2048) * 512)
     gpt.copy_in(dest, part, esp)
     shutil.rmtree(work)
     return dest
