@@ -265,6 +265,43 @@ def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     return ComposedRelease(out, out / "release.json", raw, cert, key, manifest, release)
 
 
+@pytest.fixture(scope="session")
+def composed_old_release(request: pytest.FixtureRequest,
+                         tmp_path_factory: pytest.TempPathFactory,
+                         release_key: tuple[Path, Path]) -> ComposedRelease:  # fmt: skip
+    """The old-flavour testbed (ext2 /usr, small partitions, no OEM sysexts) composed with
+    the product bundles and configs."""
+    import json
+
+    from tests.conftest import run_cli
+
+    build = request.getfixturevalue("testbed_old_build")
+    url = request.getfixturevalue("testbed_old_server")
+    key, cert = release_key
+    d = tmp_path_factory.mktemp("composed-old")
+    manifest = write_manifest(
+        d / "manifest.yaml",
+        base={
+            "base_url": url,
+            "release": "current",
+            "keyring": Path(build["key_file"]),
+            "trusted_key": build["fingerprint"],
+        },  # fmt: skip
+        key=key,
+        cert=cert,
+        name="acl-old",
+        sysexts=[REPO / "sysext" / name for name in PRODUCT_SYSEXTS],
+        ignition=[REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"],
+        outputs=("raw",),
+    )
+    out = d / "out"
+    run_cli("--cache-dir", _compose_cache(tmp_path_factory), "compose", manifest, "-o", out,
+            check=True)  # fmt: skip
+    release = json.loads((out / "release.json").read_text())
+    raw = out / next(o["file"] for o in release["outputs"] if o["format"] == "raw")
+    return ComposedRelease(out, out / "release.json", raw, cert, key, manifest, release)
+
+
 def _compose_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache per session: the base and sysexts are reused by every compose in the run."""
     return tmp_path_factory.getbasetemp() / "compose-cache"
