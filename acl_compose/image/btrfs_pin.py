@@ -34,6 +34,7 @@ from pathlib import Path
 
 from acl_compose import ui
 from acl_compose.errors import InputError, ToolError
+from acl_compose.image.btrfs import crc32c_raw
 from acl_compose.run import run
 
 SUPER_OFFSETS = (0x10000, 0x4000000, 0x4000000000)  # primary, mirrors at 64 MiB and 256 GiB
@@ -53,25 +54,9 @@ ATIME = 112  # btrfs_inode_item: atime, ctime, mtime, otime (u64 sec + u32 nsec 
 ROOT_UUID, ROOT_CTIME = 247, 327  # in btrfs_root_item (after the embedded inode item)
 
 
-def _table() -> list[int]:
-    out = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        out.append(c)
-    return out
-
-
-_CRC = _table()
-
-
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    crc = 0xFFFFFFFF
-    table = _CRC
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    """btrfs's checksum: crc32c with the usual inversion before and after."""
+    return crc32c_raw(0xFFFFFFFF, bytes(data)) ^ 0xFFFFFFFF
 
 
 def derived_uuid(fsid: bytes, purpose: str) -> bytes:

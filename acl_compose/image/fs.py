@@ -362,10 +362,9 @@ def _mtools_env() -> dict[str, str]:
     return {"MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
 
 
-def fat_read(image: str | os.PathLike[str], offset: int, path: str) -> bytes:
-    """A file's bytes from a FAT filesystem at `offset` inside `image`."""
+def _mcopy_out(image: str | os.PathLike[str], offset: int, path: str, dest: str) -> bytes:
     proc = run(
-        ["mcopy", "-n", "-i", f"{image}@@{offset}", f"::/{path.lstrip('/')}", "-"],
+        ["mcopy", "-n", "-o", "-i", f"{image}@@{offset}", f"::/{path.lstrip('/')}", dest],
         env=_mtools_env(),
         check=False,
     )
@@ -377,20 +376,16 @@ def fat_read(image: str | os.PathLike[str], offset: int, path: str) -> bytes:
     return proc.stdout
 
 
+def fat_read(image: str | os.PathLike[str], offset: int, path: str) -> bytes:
+    """A file's bytes from a FAT filesystem at `offset` inside `image`."""
+    return _mcopy_out(image, offset, path, "-")
+
+
 def fat_copy(
     image: str | os.PathLike[str], offset: int, path: str, dest: str | os.PathLike[str]
 ) -> None:
     """Copy a (large) file out of a FAT filesystem at `offset` inside `image` into `dest`."""
-    proc = run(
-        ["mcopy", "-n", "-o", "-i", f"{image}@@{offset}", f"::/{path.lstrip('/')}", str(dest)],
-        env=_mtools_env(),
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise InputError(
-            f"{image}: cannot read {path} from the FAT filesystem at offset {offset}",
-            hint="is this an ESP holding that file?",
-        )
+    _mcopy_out(image, offset, path, str(dest))
 
 
 def fat_list(image: str | os.PathLike[str], offset: int, path: str = "/") -> list[str]:
