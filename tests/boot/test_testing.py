@@ -199,13 +199,19 @@ def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) 
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads(proc.stdout)
-    assert result["undeclared_skips"] == [] and result["not_applicable"] == []
+    # A qemu guest: exactly the Azure-only tests are declared not applicable, nothing else.
+    azure = _azure_tests()
+    assert result["undeclared_skips"] == []
+    assert _short_names([e.split(": ", 1)[0] for e in result["not_applicable"]]) == azure
     counts, failed = testing.read_junit(junit)
     assert failed == [] and counts.failures == 0 and counts.errors == 0
     cases = _cases(junit)
-    not_passed = {name: _status(c) for name, c in cases.items() if _status(c) != "passed"}
-    assert not not_passed, not_passed
-    assert counts.tests == counts.passed == len(cases) == len(_collected()), sorted(cases)
+    not_applicable = {name for name in cases if f"test_azure::{_short(name)}" in azure}
+    not_passed = {n: _status(c) for n, c in cases.items() if _status(c) != "passed"}
+    assert {n for n, s in not_passed.items() if s == "skipped"} == not_applicable, not_passed
+    assert not set(not_passed) - not_applicable, not_passed
+    assert counts.tests == len(cases) == len(_collected()), sorted(cases)
+    assert counts.passed == len(cases) - len(azure)
     # Both VMs ran a share, and each suite records its boot-to-SSH time.
     suites = ET.parse(junit).getroot().findall("testsuite")
     assert len(suites) == 2
@@ -239,15 +245,26 @@ EXPECTED_RED = {
     "test_ignition::test_users_and_groups",
 }
 # No runtime bundle in the image: every container test must fail (and none error or skip).
-CONTAINER_TESTS = "test_containers.py"
+
+
+def _suite_tests(suite: str) -> set[str]:
+    """`test_x::test_y` for every test of qemu-tests/test_x.py."""
+    return {
+        f"{suite}::" + ln.split("::", 1)[1].removesuffix("[local]")
+        for ln in _collected()
+        if ln.startswith(f"qemu-tests/{suite}.py::")
+    }
 
 
 def _container_tests() -> set[str]:
-    return {
-        "test_containers::" + ln.split("::", 1)[1].removesuffix("[local]")
-        for ln in _collected()
-        if ln.startswith(f"qemu-tests/{CONTAINER_TESTS}::")
-    }
+    return _suite_tests("test_containers")
+
+
+def _azure_tests() -> set[str]:
+    """The tests `@pytest.mark.platform("azure")` declares not applicable on a qemu guest."""
+    tests = _suite_tests("test_azure")
+    assert len(tests) >= 5, tests
+    return tests
 
 
 @pytest.mark.integration
@@ -297,8 +314,9 @@ def test_negative_image_red_exactly_where_expected(negative_release, negative_ru
     red = _short_names(result.get("failed_tests", []))
     assert red == EXPECTED_RED | _container_tests(), red
     assert result["undeclared_skips"] == []
+    assert _short_names([e.split(": ", 1)[0] for e in result["not_applicable"]]) == _azure_tests()
     others = {n: negative_run.status(n) for n in negative_run.cases}
-    expected = {n.split("::")[1] for n in EXPECTED_RED | _container_tests()}
+    expected = {n.split("::")[1] for n in EXPECTED_RED | _container_tests() | _azure_tests()}
     wrong = {n: s for n, s in others.items() if s != "passed" and _short(n) not in expected}
     assert not wrong, wrong
     assert "error: qemu-tests failed:" in negative_run.stderr
