@@ -27,7 +27,7 @@ from typing import Any
 from acl_compose import ui
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.run import run
-from acl_compose.sysext import ddi, sources
+from acl_compose.sysext import ddi, erofs, sources
 from acl_compose.sysext.assemble import assemble
 from acl_compose.sysext.bundle import (
     Bundle,
@@ -64,11 +64,17 @@ def derived_uuid(digest: str, purpose: str) -> str:
     return str(uuid.UUID(bytes=bytes(raw)))
 
 
-def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: int = 0) -> None:
+# mkfs.erofs runs before the digest its UUID derives from is known; set_filesystem_uuid
+# writes the real one into the superblock afterwards.
+_PLACEHOLDER_UUID = "00000000-0000-4000-8000-000000000000"
+
+
+def make_filesystem(bundle: Bundle, tree: Path, out: Path, offset: int = 0) -> None:
     """mkfs.erofs / mksquashfs with every source of nondeterminism pinned.
 
     Timestamps: fixed to 0 (and the tree's mtimes are 0 too); owners: root; xattrs of the
-    build directory (e.g. SELinux labels) are not stored; the UUID comes from the digest.
+    build directory (e.g. SELinux labels) are not stored; an erofs UUID is a placeholder
+    until set_filesystem_uuid (squashfs has none).
     SOURCE_DATE_EPOCH is kept from both tools: mkfs.erofs 1.5 would stamp it into the image
     (so a cached image would depend on the caller's environment) and mksquashfs 4.5 refuses
     it beside -mkfs-time/-all-time.
@@ -79,7 +85,7 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: 
             "mkfs.erofs",
             "--quiet",
             "-T0",
-            f"-U{derived_uuid(digest, 'erofs')}",
+            f"-U{_PLACEHOLDER_UUID}",
             "--all-root",
             "-x-1",
         ]
@@ -97,6 +103,12 @@ def make_filesystem(bundle: Bundle, tree: Path, out: Path, digest: str, offset: 
         else:
             argv += ["-comp", bundle.compression]
         run([*_NO_SDE, *argv])
+
+
+def set_filesystem_uuid(bundle: Bundle, image: Path, digest: str, offset: int = 0) -> None:
+    """The erofs UUID derived from the digest: the bytes `mkfs.erofs -U` would have made."""
+    if bundle.filesystem == "erofs":
+        erofs.set_uuid(image, derived_uuid(digest, "erofs"), offset)
 
 
 _NO_SDE = ["env", "-u", "SOURCE_DATE_EPOCH"]
@@ -257,6 +269,11 @@ def _build_unsigned(
         if hit is not None:
             return hit
     work = Path(tempfile.mkdtemp(prefix="build.", dir=scratch))
+    # mksquashfs can write straight into a DDI's data slot; mkfs.erofs 1.5 only at offset 0,
+    # so an erofs filesystem is copied into the DDI once, in the kernel (ddi.write).
+    offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
+    image = work / ("image.ddi" if offset else "fs.img")
+    mkfs: _Background | None = None
     try:
         tree = work / "tree"
         tree.mkdir()
@@ -269,27 +286,25 @@ def _build_unsigned(
             origin=origin,
             label=str(bundle.manifest),
         )
+        # mkfs needs nothing from the digest (the erofs UUID is set afterwards), so it runs
+        # while the digest thread still hashes the bundle: on two cores the two overlap.
+        mkfs = _Background(make_filesystem, bundle, tree, image, offset)
+        key = digest.value()
+        # What goes in, file by file with its origin, for the SBOM (sysext.contents), listed
+        # while mkfs runs; the files' hashes come from the digest's pass over the bundle.
+        resolve = sources.resolver(records, origin_resolver(bundle, origin))
+        contents = record_tree(tree, resolve, digest.file_hashes)
     finally:
         digest.wait()  # the hashing thread must be done before verity forks
-    key = digest.value()
+        if mkfs is not None:
+            mkfs.join()  # before anything (an error, a cache hit) removes its input
     if not digest.known:
         hit = _entry(cache_dir / "sysext" / key if cache_dir is not None else None)
         if hit is not None:
             shutil.rmtree(work, ignore_errors=True)
             return hit
-    # What goes in, file by file with its origin, for the SBOM (sysext.contents), listed while
-    # mkfs runs; the files' hashes come from the digest's pass over the bundle where it made one.
-    resolve = sources.resolver(records, origin_resolver(bundle, origin))
-    listing = _Background(record_tree, tree, resolve, digest.file_hashes)
-    # mksquashfs can write straight into a DDI's data slot; mkfs.erofs 1.5 only at offset 0,
-    # so an erofs filesystem is copied into the DDI once, in the kernel (ddi.write).
-    offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
-    image = work / ("image.ddi" if offset else "fs.img")
-    try:
-        make_filesystem(bundle, tree, image, key, offset)
-    finally:
-        listing.join()  # verity forks next, and forks want no other threads
-    contents = listing.result()
+    mkfs.result()
+    set_filesystem_uuid(bundle, image, key, offset)
     sources.add_members(contents, records)
     # Salt and verity UUID derive from the inputs: same bundle, same hash tree, same bytes.
     salt = hashlib.sha256(f"acl-compose verity salt\0{key}".encode()).digest()

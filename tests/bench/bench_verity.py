@@ -4,8 +4,9 @@
 Not a test. Runs the two tools alternately (so both see the same machine load), checks they
 agree on the root hash, and prints median wall times, the throughput ratio
 (veritysetup time / acl-compose time; > 1 means acl-compose is faster), CPU time and peak RSS.
-Goals (issue 2): ratio >= 1.5 with the default workers, >= 0.9 with --workers 1,
-peak RSS < 100 MB.
+Goals: ratio >= 1.6 with --workers 2 (issue 16; issue 2 asked 1.5 with the default workers),
+>= 0.9 with --workers 1, peak RSS < 100 MB. The load average seen by each tool's rounds is
+printed beside its figures (the machine is shared: rerun when it is busy).
 
     .venv/bin/python tests/bench/bench_verity.py [--size-mib 1024] [--rounds 3] [--dir DIR]
 """
@@ -90,17 +91,22 @@ def main() -> None:
             "veritysetup": [vs, "format", str(data), f"{tmp}/vs.hash", *common],
             "acl (default workers)": [*acl, "verity", "format", str(data), f"{tmp}/a.hash"]
             + common,
+            "acl --workers 2": [
+                *acl, "verity", "format", str(data), f"{tmp}/a2.hash", *common, "--workers", "2"
+            ],
             "acl --workers 1": [
                 *acl, "verity", "format", str(data), f"{tmp}/a1.hash", *common, "--workers", "1"
             ],
         }  # fmt: skip
         results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in variants}
+        loads: dict[str, list[float]] = {k: [] for k in variants}
         roots: set[str] = set()
         for r in range(args.rounds):
             for name, argv in variants.items():
                 wall, cpu, rss, out = run_peak(argv)
                 roots.add(root_of(out))
                 results[name].append((wall, cpu, rss))
+                loads[name].append(os.getloadavg()[0])
                 print(f"round {r + 1} {name:24s} wall {wall:6.2f} s  cpu {cpu:6.2f} s  "
                       f"peak RSS {rss:6.1f} MB")  # fmt: skip
         if len(roots) != 1:
@@ -111,8 +117,9 @@ def main() -> None:
         print(f"acl-compose start-up alone (--version): {startup:.2f} s wall, included below")
         print(f"load average at end {os.getloadavg()[0]:.2f} (other processes share the CPUs)")
         vs_runs = results["veritysetup"]
-        print(f"{'tool':24s} {'median wall':>11s} {'MiB/s':>6s} {'ratio':>6s} {'cpu':>6s} "
-              f"{'cpu ratio':>9s} {'peak RSS':>9s}")  # fmt: skip
+        goals = {"acl --workers 2": ">= 1.6", "acl --workers 1": ">= 0.9"}
+        print(f"{'tool':24s} {'median wall':>11s} {'MiB/s':>6s} {'ratio':>6s} {'goal':>6s} "
+              f"{'cpu':>6s} {'cpu ratio':>9s} {'peak RSS':>9s}  load")  # fmt: skip
         for k, v in results.items():
             wall = statistics.median(w for w, _, _ in v)
             cpu = statistics.median(c for _, c, _ in v)
@@ -120,10 +127,14 @@ def main() -> None:
             ratio = statistics.median(b[0] / a[0] for a, b in zip(v, vs_runs, strict=True))
             cpu_ratio = statistics.median(b[1] / a[1] for a, b in zip(v, vs_runs, strict=True))
             rss = max(m for _, _, m in v)
-            print(f"{k:24s} {wall:10.2f}s {args.size_mib / wall:6.0f} {ratio:6.2f} {cpu:5.2f}s "
-                  f"{cpu_ratio:9.2f} {rss:7.1f}MB")  # fmt: skip
-        print("ratio = median over rounds of veritysetup wall / tool wall, > 1 is faster "
-              "(goal: >= 1.5 default workers, >= 0.9 --workers 1, peak RSS < 100 MB)")  # fmt: skip
+            load = f"{min(loads[k]):.2f}-{max(loads[k]):.2f}"
+            goal = goals.get(k, "")
+            print(f"{k:24s} {wall:10.2f}s {args.size_mib / wall:6.0f} {ratio:6.2f} {goal:>6s} "
+                  f"{cpu:5.2f}s {cpu_ratio:9.2f} {rss:7.1f}MB  {load}")  # fmt: skip
+        print(
+            "ratio = median over rounds of veritysetup wall / tool wall, > 1 is faster "
+            "(peak RSS goal < 100 MB)"
+        )
 
 
 if __name__ == "__main__":
