@@ -410,7 +410,8 @@ def _file_sha256(
         return memo[ident]
     h = hashlib.sha256()
     h1 = hashlib.sha1(usedforsecurity=False) if file_hashes is not None else None
-    buf = bytearray(1 << 20)
+    # Sized to the file (most are small): a fresh 1 MiB buffer per file is a 1 MiB memset each.
+    buf = bytearray(min(1 << 20, st.st_size + 1))
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as fh:
         while n := fh.readinto(buf):

@@ -121,8 +121,11 @@ class Trust:
         try:
             os.chmod(self._home, 0o700)
             env = _gnupg_env(self._home)
-            run(["gpg", "--batch", "--quiet", "--import", str(self.key_file)], env=env)
-            exported = run(["gpg", "--batch", "--export", self.fingerprint], env=env).stdout
+            # --no-autostart: public keys need no gpg-agent, so none is spawned (and left
+            # behind) for every Trust.
+            quiet = ["gpg", "--batch", "--quiet", "--no-autostart"]
+            run([*quiet, "--import", str(self.key_file)], env=env)
+            exported = run([*quiet, "--export", self.fingerprint], env=env).stdout
             self.keyring = self._home / "trusted.gpg"
             self.keyring.write_bytes(exported)
         except BaseException:
