@@ -15,7 +15,7 @@ import struct
 import uuid
 
 from acl_compose.errors import InputError
-from acl_compose.image.btrfs_pin import crc32c
+from acl_compose.image.btrfs import crc32c_raw
 
 SUPER_OFFSET = 1024
 MAGIC = 0xE0F5E1E2
@@ -35,7 +35,7 @@ def set_uuid(path: str | os.PathLike[str], value: str, offset: int = 0) -> None:
         block[_UUID_AT : _UUID_AT + 16] = uuid.UUID(value).bytes
         if compat & FEATURE_COMPAT_SB_CHKSUM:
             block[4:8] = bytes(4)
-            block[4:8] = struct.pack("<I", crc32c(block) ^ 0xFFFFFFFF)
+            block[4:8] = struct.pack("<I", crc32c_raw(0xFFFFFFFF, bytes(block)))
         os.pwrite(fd, bytes(block), offset + SUPER_OFFSET)
     finally:
         os.close(fd)
