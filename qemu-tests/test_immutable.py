@@ -329,10 +329,14 @@ def test_usr_root_hash_matches_release_and_kernel(
     active = usr_device.field(8)
     slot = partition_info(root_run, usr_device.field(1)).get("PART_ENTRY_NAME", "USR-A")
     kernel = "vmlinuz-" + slot[-1].lower()  # USR-A boots flatcar/vmlinuz-a
+    # The ESP may be mounted already (Flatcar's boot.automount): read it there, since vfat
+    # refuses a second, read-only mount of a device mounted read-write.
     read = root_run(
-        "unshare -m --propagation private sh -ec 'mount -o ro "
-        "/dev/disk/by-partlabel/EFI-SYSTEM /mnt; "
-        f"dd if=/mnt/flatcar/{kernel} bs=1 skip=64 count=64 status=none'"
+        "unshare -m --propagation private sh -ec '"
+        "dev=$(readlink -f /dev/disk/by-partlabel/EFI-SYSTEM); "
+        'esp=$(findmnt -n -o TARGET -S "$dev" | head -n 1); '
+        'if [ -z "$esp" ]; then mount -o ro "$dev" /mnt; esp=/mnt; fi; '
+        f'dd if="$esp/flatcar/{kernel}" bs=1 skip=64 count=64 status=none\''
     )
     assert read.rc == 0, f"cannot read flatcar/{kernel} on the ESP: {read.stderr}"
     assert active == read.stdout, f"/usr root hash {active}, kernel {kernel} says {read.stdout!r}"

@@ -39,7 +39,7 @@ def _guest_fault(console_log: Path) -> str | None:
     except OSError:
         return None
     for line in text.splitlines():
-        if any(m in line for m in qemu.FATAL_CONSOLE):
+        if any(pattern.search(line) for _, pattern in qemu.FATAL_CONSOLE):
             return line.strip()
     return None
 
