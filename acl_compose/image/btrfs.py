@@ -271,6 +271,8 @@ class Filesystem:
         for path, logical in leaves:
             leaf = self.read_block(logical)
             original = self._leaf_items(leaf)
+            # Before the loop renames items in place: their key changes with the name's hash.
+            first = original[0].key if original else None
             items = carry + original
             changed, carry = bool(carry), []
             for item in list(items):
@@ -299,7 +301,7 @@ class Filesystem:
                 carry.insert(0, items.pop())
             _write_leaf_items(leaf, items)
             self.write_block(logical, leaf)
-            if not original or items[0].key != original[0].key:
+            if items[0].key != first:
                 self._fix_parent_keys(path, items[0].key)
         if carry:
             raise ToolError(

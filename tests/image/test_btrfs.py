@@ -7,6 +7,7 @@ as root, with the kernel: the patched filesystem mounts and `btrfs property get`
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import uuid
 from pathlib import Path
@@ -221,3 +222,29 @@ def test_added_xattr_spills_into_the_next_leaf(tmp_path: Path) -> None:
     assert {f"file-{i:03d}.conf" for i in range(150)} <= set(seen)
     with btrfs.Filesystem(img) as f:
         assert f.by_path()[""].xattrs[b"user.big"] == big
+
+
+def test_renamed_xattr_first_in_its_leaf_updates_the_parent_key(tmp_path: Path) -> None:
+    """A rename changes the xattr's key (its offset is the name's hash): when that item opens
+    a leaf, the key pointing at the leaf from the parent node must change too, or the kernel
+    refuses the tree ("tree first key mismatch")."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(300):  # inodes whose xattrs open some of the FS tree's leaves
+        (tree / f"f{i:03d}").write_text(f"{i}\n")
+        os.setxattr(tree / f"f{i:03d}", "user.acl0~~~~~~~~", b"zlib")
+    img = tmp_path / "fs.img"
+    mkfs(tree, img)
+    with btrfs.Filesystem(img) as f:
+        firsts = [f._leaf_items(leaf)[0].key for _, _, leaf in f._leaves(f.fs_tree_root())]
+    assert any(key[1] == btrfs.XATTR_ITEM for key in firsts), firsts  # the case under test
+    with btrfs.Filesystem(img, write=True) as f:
+        assert f.patch({b"user.acl0~~~~~~~~": b"btrfs.compression"}, {}) == 300
+    check = btrfs_tools.check(img)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with btrfs.Filesystem(img) as f:
+        for path, logical, leaf in f._leaves(f.fs_tree_root()):
+            node_logical, slot = path[-1]
+            node = f.read_block(node_logical)
+            parent_key = struct.unpack_from("<QBQ", node, btrfs.HEADER_SIZE + slot * 33)
+            assert parent_key == f._leaf_items(leaf)[0].key, logical
