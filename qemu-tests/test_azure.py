@@ -9,6 +9,8 @@ apply (the guest was booted for another platform).
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import subprocess
@@ -40,6 +42,15 @@ def _record(azure: dict[str, Any]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def _data_url(contents: dict[str, Any]) -> bytes:
+    """The bytes of an Ignition data URL (`data:,text` or `data:;base64,...`, maybe gzip)."""
+    header, _, payload = contents["source"].partition(",")
+    assert header.startswith("data:"), "the custom data's files should be inline"
+    data = (base64.b64decode(payload) if header.endswith(";base64")
+            else urllib.parse.unquote_to_bytes(payload))  # fmt: skip
+    return gzip.decompress(data) if contents.get("compression") == "gzip" else data
+
+
 def _cmdline(host: Any) -> dict[str, str]:
     words = host.file("/proc/cmdline").content_string.split()
     return dict(w.split("=", 1) for w in words if "=" in w)
@@ -66,11 +77,9 @@ def test_config_came_from_custom_data_not_fw_cfg(host: Any, root_run: Any,
     files = (azure["custom_data"].get("storage") or {}).get("files") or []
     assert files, "the custom data should write a file (the integration test's does)"
     for f in files:
-        source = f["contents"]["source"]
-        assert source.startswith("data:,"), "the test expects a plain data URL"
-        want = urllib.parse.unquote(source[len("data:,") :])
-        got = root_run(f"cat {f['path']}")
-        assert got.rc == 0 and got.stdout == want, f["path"]
+        want = _data_url(f["contents"])
+        got = root_run(f"base64 -w0 {f['path']}")
+        assert got.rc == 0 and base64.b64decode(got.stdout) == want, f["path"]
 
 
 def test_core_key_arrived_with_the_custom_data(host: Any, azure: dict[str, Any]) -> None:
@@ -119,6 +128,7 @@ def test_agent_reported_ready_to_the_wire_server(host: Any, azure: dict[str, Any
     ready = next(h for h in health if h["state"] == "Ready")
     assert ready["container_id"] == azure["container_id"]
     assert ready["instance_id"] == azure["instance_id"]
+    assert ready["incarnation"] == azure["incarnation"]  # the goal state the agent acted on
     first = health[0]
     assert (first["state"], first["substatus"]) == ("NotReady", "Provisioning")
     assert all(e["status"] < 400 for e in rec if e.get("health")), "a health post failed"

@@ -177,6 +177,7 @@ class ComposedRelease:
     key: Path
     manifest: Path
     release: dict
+    vhd: Path  # the same compose's Azure image (only its OEM partition differs)
 
 
 def write_manifest(path: Path, *, base: dict, key: Path, cert: Path, name: str = "acl-test",
@@ -255,14 +256,16 @@ def composed_release(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
         # and hard links too (the product's configs declare none of these).
         ignition=[REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml",
                   REPO / "tests" / "data" / "boot" / "qa-ignition.yaml"],
-        outputs=("raw", "qcow2"),  # the qemu platform's (the testbed has no oem-azure.raw yet)
+        # raw and qcow2 for the qemu platform, vhd for azure (the release's oem-azure.raw)
+        outputs=("raw", "qcow2", "vhd"),
     )  # fmt: skip
     out = d / "out"
     cache = _compose_cache(tmp_path_factory)
     run_cli("--cache-dir", cache, "compose", manifest, "-o", out, check=True)
     release = json.loads((out / "release.json").read_text())
-    raw = out / next(o["file"] for o in release["outputs"] if o["format"] == "raw")
-    return ComposedRelease(out, out / "release.json", raw, cert, key, manifest, release)
+    files = {(o["format"], o["platform"]): out / o["file"] for o in release["outputs"]}
+    return ComposedRelease(out, out / "release.json", files["raw", "qemu"], cert, key, manifest,
+                           release, files["vhd", "azure"])  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -396,7 +396,7 @@ def attach(
              "admin_key_file": str(admin_key_file), "custom_data": config,
              "custom_data_sha256": hashlib.sha256(custom).hexdigest(),
              "container_id": ep.container_id, "instance_id": ep.instance_id,
-             "record": str(ep.record_file)}  # fmt: skip
+             "incarnation": ep.incarnation, "record": str(ep.record_file)}  # fmt: skip
     (workdir / "azure.json").write_text(json.dumps(facts, indent=2))
     env = {"ACL_COMPOSE_PLATFORM": "azure", "ACL_COMPOSE_AZURE": str(workdir / "azure.json")}
     args = [
@@ -408,3 +408,20 @@ def attach(
         "-device", "virtio-net-pci,netdev=azimds,addr=0x10",
     ]  # fmt: skip
     return ep, args, env
+
+
+def keep_record(workdir: Path, prefix: Path) -> list[Path]:
+    """Copy what an azure boot recorded out of the VM's temporary `workdir` (which teardown
+    removes): `<prefix>azure-record.jsonl` (every request the stand-ins answered) and
+    `<prefix>azure.json` (what the VM was given, its `record` pointing at the copy)."""
+    facts_file, record_file = workdir / "azure.json", workdir / "azure-record.jsonl"
+    if not facts_file.is_file():
+        return []
+    record = prefix.with_name(prefix.name + record_file.name)
+    facts = json.loads(facts_file.read_text())
+    record.write_bytes(record_file.read_bytes())
+    facts["record"] = str(record)
+    facts.pop("admin_key_file", None)  # in the VM's directory: gone with it
+    kept = prefix.with_name(prefix.name + facts_file.name)
+    kept.write_text(json.dumps(facts, indent=2))
+    return [record, kept]

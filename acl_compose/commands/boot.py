@@ -115,6 +115,8 @@ def boot_cmd(
             "console_log": str(vm.console_log),
             "workdir": str(vm.workdir) if keep else None,
         }
+        if platform == "azure" and keep and vm.workdir:  # what the stand-ins recorded, kept
+            data["azure_record"] = str(vm.workdir / "azure-record.jsonl")
         if ssh:
             result = boot_and_wait(vm)
             data.update(

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from acl_compose.boot import azure
+from tests.conftest import run_cli
 
 OVF = "{http://schemas.dmtf.org/ovf/environment/1}"
 WA = "{http://schemas.microsoft.com/windowsazure}"
@@ -188,3 +189,104 @@ def test_netdev_options_reach_only_the_services(endpoints):
     assert all(str(azure.RELAY) in o and "," not in o for o in fwd)  # commas split -netdev
     imds = endpoints.imds_netdev("n1").split(",")
     assert "restrict=on" in imds and "guestfwd=tcp:169.254.169.254:80-cmd" in imds[-1]
+
+
+def test_attach_then_keep_record(tmp_path):
+    """attach() makes the DVD, starts the stand-ins and writes what the VM was given;
+    keep_record() copies that and the record out of the VM's directory (removed at teardown),
+    the copy's `record` pointing at the kept record and naming no path inside the VM's."""
+    work = tmp_path / "vm"
+    work.mkdir()
+    config = json.loads(CUSTOM)
+    ep, args, env = azure.attach(work, "acl-vm1", config, (work / "admin.key", KEY))
+    try:
+        assert args[args.index("-drive") + 1].endswith(f"file={work / 'ovf-env.iso'}")
+        facts = json.loads((work / "azure.json").read_text())
+        assert env["ACL_COMPOSE_AZURE"] == str(work / "azure.json")
+        assert (facts["container_id"], facts["instance_id"], facts["incarnation"]) == (
+            ep.container_id, ep.instance_id, "1")  # fmt: skip
+        assert facts["custom_data"] == config and facts["admin_key"] == KEY
+        assert _post(ep, "wire", "/machine?comp=health", health_xml(ep, "Ready")) == 200
+    finally:
+        ep.__exit__(None, None, None)
+    kept = azure.keep_record(work, tmp_path / "junit.")
+    assert [p.name for p in kept] == ["junit.azure-record.jsonl", "junit.azure.json"]
+    copy = json.loads(kept[1].read_text())
+    assert copy["record"] == str(kept[0]) and str(work) not in kept[1].read_text()
+    (entry,) = [json.loads(x) for x in kept[0].read_text().splitlines()]
+    assert entry["health"]["state"] == "Ready" and entry["health"]["incarnation"] == "1"
+    assert azure.keep_record(tmp_path / "empty", tmp_path / "x.") == []  # not an azure boot
+
+
+# What qemu-tests/test_azure.py proves; all must run (none "not applicable") on the Azure image.
+AZURE_CHECKS = {
+    "test_kernel_is_told_it_runs_on_azure", "test_config_came_from_custom_data_not_fw_cfg",
+    "test_core_key_arrived_with_the_custom_data", "test_oem_azure_is_merged",
+    "test_the_vm_agent_runs", "test_agent_reported_ready_to_the_wire_server",
+    "test_agent_provisioned_the_admin_user", "test_agent_python_brings_no_installer",
+    "test_hyperv_services_stay_off_outside_hyper_v",
+}  # fmt: skip
+CUSTOM_DATA_FILE = "/etc/azure-custom-data"
+
+
+@pytest.mark.integration
+def test_azure_image_provisions_as_on_azure(composed_release, tmp_path):
+    """The compose's Azure VHD (the testbed with platform azure, the same compose as the
+    qemu outputs) boots as Azure boots it: no fw_cfg, a custom-data config that writes a file
+    (the harness adds core's SSH key to it), ovf-env.xml, the wire server and IMDS stand-ins.
+    Every qemu-test passes, the Azure ones included, none skipped or "not applicable"; the
+    stand-ins' record kept beside the JUnit XML shows Ignition asking IMDS for user data and
+    the VM agent reporting Ready for this VM's container, role instance and incarnation.
+    One boot."""
+    custom = tmp_path / "custom-data.yaml"
+    custom.write_text(
+        "variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n"
+        f"    - path: {CUSTOM_DATA_FILE}\n      mode: 0644\n"
+        "      contents:\n        inline: provisioned from Azure custom data\n"
+    )
+    vhd = composed_release.vhd
+    assert (
+        vhd.suffix == ".vhd"
+        and {"format": "vhd", "platform": "azure"}.items()
+        <= next(o for o in composed_release.release["outputs"] if o["file"] == vhd.name).items()
+    )
+    junit = tmp_path / "results" / "junit.xml"
+    proc = run_cli(
+        "--cache-dir", tmp_path / "cache", "--json", "test", vhd, "--platform", "azure",
+        "--ignition", custom, "--release-json", composed_release.release_json,
+        "--junit-xml", junit,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    result = json.loads(proc.stdout)
+    assert result["ok"] and result["failures"] == result["errors"] == 0, result
+    assert result["skipped"] == 0 and result["not_applicable"] == [], result
+    assert result["passed"] == result["tests"] > len(AZURE_CHECKS)
+    cases = {}
+    for c in ET.parse(junit).getroot().iter("testcase"):
+        assert c.find("skipped") is None and c.find("failure") is None, c.get("name")
+        if c.get("classname", "").endswith("test_azure"):
+            cases[c.get("name").split("[")[0]] = c
+    assert set(cases) == AZURE_CHECKS
+
+    # The stand-ins' record, kept beside the JUnit XML (what qemu-tests read, independently).
+    facts = json.loads((junit.parent / "junit.azure.json").read_text())
+    record = [json.loads(x) for x in (junit.parent / "junit.azure-record.jsonl").read_text()
+              .splitlines()]  # fmt: skip
+    assert facts["record"] == str(junit.parent / "junit.azure-record.jsonl")
+    files = facts["custom_data"]["storage"]["files"]
+    assert [f["path"] for f in files] == [CUSTOM_DATA_FILE]  # the config given, as custom data
+    imds = [e for e in record if e["service"] == "imds"]
+    user_data = [e for e in imds if e["path"].startswith("/metadata/instance/compute/userData")]
+    assert user_data and user_data[0]["agent"].startswith("Ignition/"), imds
+    assert user_data[0]["status"] == 200  # it sent `Metadata: true`, else 400
+    health = [e for e in record if e.get("health")]
+    assert health and all(e["service"] == "wire" and e["status"] == 200 for e in health)
+    assert all("WALinuxAgent" in (e["agent"] or "") for e in health), health
+    ready = [e["health"] for e in health if e["health"]["state"] == "Ready"]
+    assert ready, [e["health"] for e in health]
+    assert {(h["container_id"], h["instance_id"], h["incarnation"]) for h in ready} == {
+        (facts["container_id"], facts["instance_id"], facts["incarnation"])}  # fmt: skip
+    wire = [e["path"] for e in record if e["service"] == "wire"]
+    assert wire[0] == "/?comp=versions", wire[:3]
+    goal_state = next(i for i, e in enumerate(record) if "comp=goalstate" in e["path"])
+    assert goal_state < record.index(health[0])  # the goal state was read before reporting
