@@ -7,11 +7,12 @@
 # - disk GUID randomized on first boot (disk-uuid)
 # - ROOT reset, base layout and the /etc overlay (initrd-setup-root), OEM sysext link
 #   (initrd-setup-root-after-ignition)
+# - the initrd network for Ignition's fetch stage (50flatcar-network)
 # - a no-op setfiles (Debian's Ignition always relabels; SELinux is off here)
 check() { return 0; }
 
 depends() {
-    echo systemd ignition btrfs dm
+    echo systemd systemd-networkd ignition btrfs dm
 }
 
 # The build omits dracut's kernel-modules (every storage driver: a 40 MB initramfs
@@ -48,6 +49,13 @@ install() {
     for unit in ignition-mount.service ignition-files.service; do
         inst_simple "$moddir/10-flatcar.conf" "$systemdsystemunitdir/$unit.d/10-flatcar.conf"
     done
+    # Flatcar's initrd network (bootengine 50flatcar-network): DHCP everywhere, networkd
+    # started only by Ignition's fetch stage (dracut's systemd-networkd module enables it).
+    inst_simple "$moddir/zz-default.network" "$systemdnetwork/zz-default.network"
+    inst_simple "$moddir/10-networkd.conf" \
+        "$systemdsystemunitdir/ignition-fetch.service.d/10-networkd.conf"
+    "${SYSTEMCTL:-systemctl}" -q --root "$initdir" disable systemd-networkd.service \
+        systemd-networkd.socket
     # Like Ignition's own units: the setup services only on an Ignition (first) boot; the
     # root setup on every boot.
     mkdir -p "$initdir/$systemdsystemunitdir/ignition-complete.target.requires" \
