@@ -17,10 +17,11 @@ depends() {
 
 # The build omits dracut's kernel-modules (every storage driver: a 40 MB initramfs
 # that takes long to load under TCG) and installs the drivers a VM needs here instead.
+# udf: Azure's provisioning DVD, which Ignition's azure provider mounts for the custom data.
 installkernel() {
     hostonly='' instmods btrfs ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii dm-mod dm-verity overlay \
         virtio_blk virtio_pci virtio_scsi virtio_net virtio_console qemu_fw_cfg \
-        sd_mod sr_mod ahci nvme hv_vmbus hv_storvsc hv_netvsc hv_utils hid_hyperv
+        sd_mod sr_mod udf ahci nvme hv_vmbus hv_storvsc hv_netvsc hv_utils hid_hyperv
 }
 
 install() {
