@@ -29,6 +29,7 @@ ENV_BOOT_SECONDS = "ACL_COMPOSE_BOOT_SECONDS"
 ENV_IMAGE = "ACL_COMPOSE_IMAGE"
 ENV_CONSOLE = "ACL_COMPOSE_CONSOLE_LOG"
 ENV_FAILED_UNITS = "ACL_COMPOSE_FAILED_UNITS"
+ENV_FIRMWARE = "ACL_COMPOSE_FIRMWARE"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -82,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ[ENV_IMAGE] = str(Path(image).resolve())
     os.environ[ENV_CONSOLE] = str(vm.console_log)
     os.environ[ENV_FAILED_UNITS] = " ".join(result.failed_units)
+    os.environ[ENV_FIRMWARE] = config.getoption("--firmware")
     os.environ.update(vm.azure_env)  # an azure boot: what the VM was given, the stand-in's record
     release = config.getoption("--release-json")
     if release:
@@ -178,6 +180,15 @@ def image_path() -> Path | None:
 def boot_seconds() -> float | None:
     value = os.environ.get(ENV_BOOT_SECONDS)
     return float(value) if value else None
+
+
+@pytest.fixture(scope="session")
+def booted_firmware() -> str:
+    """What the harness booted the guest with: uefi, bios or kernel (a direct kernel boot)."""
+    value = os.environ.get(ENV_FIRMWARE)
+    if not value:
+        pytest.skip("firmware unknown: run via `acl-compose test` or `pytest --image`")
+    return value
 
 
 @pytest.fixture(scope="session")

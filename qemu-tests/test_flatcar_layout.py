@@ -1,5 +1,6 @@
 """The host is laid out and booted as Flatcar is: /etc overlay over ROOT, the OEM partition's
-platform sysext, GRUB's command line without extra arguments, first boot recorded, disk GUID."""
+platform sysext, booted by the firmware asked for through GRUB, GRUB's command line without
+extra arguments, first boot recorded, disk GUID."""
 
 from __future__ import annotations
 
@@ -26,6 +27,24 @@ def test_etc_is_flatcars_overlay_with_root_upper(host: Any, root_run: Any) -> No
     result = root_run(script)
     assert result.stdout.split() == ["upper"], result.stdout + result.stderr
     assert host.file("/etc/os-release").exists  # from the lower layer
+
+
+# /sys/class/dmi/id/bios_vendor: what QEMU's firmwares put in the SMBIOS table.
+FIRMWARE_VENDORS = {"uefi": "EDK II", "bios": "SeaBIOS", "kernel": "SeaBIOS"}
+
+
+def test_booted_by_the_requested_firmware(host: Any, booted_firmware: str) -> None:
+    """The firmware the harness asked for booted the guest, and (but for a direct kernel boot)
+    it ran GRUB: UEFI leaves the EFI runtime in /sys/firmware/efi, SeaBIOS does not, and GRUB's
+    `linux` puts BOOT_IMAGE= first on the kernel command line (QEMU's -kernel does not)."""
+    vendor = host.file("/sys/class/dmi/id/bios_vendor").content_string.strip()
+    efi = host.file("/sys/firmware/efi").is_directory
+    first = host.file("/proc/cmdline").content_string.split()[0]
+    seen = f"firmware vendor {vendor!r}, EFI runtime {efi}, command line begins {first!r}"
+    assert vendor == FIRMWARE_VENDORS[booted_firmware], f"booted as {booted_firmware}: {seen}"
+    assert efi == (booted_firmware == "uefi"), f"booted as {booted_firmware}: {seen}"
+    grub = first == "BOOT_IMAGE=/flatcar/vmlinuz-a"
+    assert grub == (booted_firmware != "kernel"), f"booted as {booted_firmware}: {seen}"
 
 
 def test_kernel_command_line_is_grubs(host: Any) -> None:

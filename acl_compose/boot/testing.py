@@ -4,8 +4,8 @@
 an ssh_config per VM, runs pytest with testinfra's `--hosts=ssh://vm --ssh-config=F` (testinfra
 drops `--ssh-extra-args`, so every option lives in the ssh_config), and tears every VM down
 whatever happens. Test files are dealt round-robin across the VMs and the JUnit files merged.
-The suites learn the release and boot time through environment variables, so a suite folder
-without qemu-tests' conftest still runs (it just gets testinfra's `host`).
+The suites learn the release, firmware and boot time through environment variables, so a suite
+folder without qemu-tests' conftest still runs (it just gets testinfra's `host`).
 
 With a release.json every collected test must pass: a skip fails the run unless the test
 declared why it does not apply, which qemu-tests' conftest records as the JUnit property
@@ -37,6 +37,7 @@ ENV_BOOT_SECONDS = "ACL_COMPOSE_BOOT_SECONDS"
 ENV_IMAGE = "ACL_COMPOSE_IMAGE"
 ENV_CONSOLE = "ACL_COMPOSE_CONSOLE_LOG"
 ENV_FAILED_UNITS = "ACL_COMPOSE_FAILED_UNITS"
+ENV_FIRMWARE = "ACL_COMPOSE_FIRMWARE"  # what booted the guest: uefi, bios or kernel
 # The JUnit <property> of a test that declared why it does not apply to this guest.
 NOT_APPLICABLE = "not_applicable"
 
@@ -276,6 +277,7 @@ def run_suites(
             env[ENV_IMAGE] = str(image)
             env[ENV_CONSOLE] = str(vm.console_log)
             env[ENV_FAILED_UNITS] = " ".join(boots[i].failed_units)
+            env[ENV_FIRMWARE] = firmware
             env.update(vm.azure_env)  # an azure boot: what ovf-env.xml said, the stand-in's record
             if release_json:
                 env[ENV_RELEASE] = str(release_json)

@@ -41,7 +41,8 @@ VERITY_UUID = disk.fixed_uuid("USR-A verity").lower()
 KEEP_BUILDS = 4  # two flavours, and an older build of each while another session runs
 # Other modules whose code shapes the image: a change to them rebuilds the testbed too.
 SHAPING_MODULES = ("image/oem.py", "image/btrfs.py", "image/fs.py", "image/gpt.py",
-                   "sysext/builder.py", "sysext/bundle.py", "sysext/ddi.py")  # fmt: skip
+                   "image/biosboot.py", "sysext/builder.py", "sysext/bundle.py",
+                   "sysext/ddi.py")  # fmt: skip
 
 
 def check_version(version: str) -> tuple[int, int, int]:
@@ -241,7 +242,7 @@ def _build(
             f.truncate(fl.part("USR-A").size)
         root_hash = _verity(usr_img)
     lap("usr")
-    with ui.step("ESP: GRUB with grub.cfg in its memdisk, kernel (root hash at byte 64)"):
+    with ui.step("ESP: GRUB (EFI, BIOS) with grub.cfg in its memdisk, kernel (hash at byte 64)"):
         kernel = work / "vmlinuz-a"
         shutil.copyfile(trees.kernel, kernel)
         disk.write_kernel_hash(kernel, root_hash)
@@ -270,6 +271,8 @@ def _build(
             },
             fl,
         )
+    with ui.step("GRUB for BIOS: boot.img in the MBR, the core image in BIOS-BOOT"):
+        esp.install_bios(image, work)
     lap("image")
     release = tmp / "release"
     vdir = release / version

@@ -120,7 +120,7 @@ def make_vfat(
     path: Path, size: int, label: str, volume_id: str, files: dict[str, Path | bytes]
 ) -> None:
     """FAT32 ESP (disk_util FormatFat: FAT32 whatever the size) filled with mtools (no mount).
-    `files` maps ESP paths to sources."""
+    `files` maps ESP paths to sources (a file, bytes, or a folder copied whole)."""
     _sized(path, size)
     run(["mkfs.vfat", "-F", "32", "-n", label, "-i", volume_id, path])
     env = {"MTOOLS_SKIP_CHECK": "1"}
@@ -133,6 +133,9 @@ def make_vfat(
                 run(["mmd", "-i", path, f"::/{d}"], env=env)
                 made.add(d)
         src = files[dest]
+        if isinstance(src, Path) and src.is_dir():  # a whole folder, in one mcopy
+            run(["mcopy", "-s", "-i", path, src, f"::/{dest}"], env=env)
+            continue
         if isinstance(src, bytes):
             tmp = path.with_name(f".{path.name}.blob")
             tmp.write_bytes(src)

@@ -307,7 +307,9 @@ def test_pytest_plugin_direct_kernel_boot(composed_release, tmp_path: Path) -> N
     before = set(Path(tempfile.gettempdir()).glob("acl-qemu-tests-*"))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "qemu-tests/test_immutable.py",
-         "qemu-tests/test_health.py", "--image", str(composed_release.raw), "--firmware",
+         "qemu-tests/test_health.py",
+         "qemu-tests/test_flatcar_layout.py::test_booted_by_the_requested_firmware",
+         "--image", str(composed_release.raw), "--firmware",
          "kernel", "--release-json", str(composed_release.release_json),
          f"--junit-xml={junit}", "-p", "no:cacheprovider", "-o", "junit_family=xunit1"],
         capture_output=True, text=True, cwd=REPO, timeout=1800,
@@ -316,7 +318,7 @@ def test_pytest_plugin_direct_kernel_boot(composed_release, tmp_path: Path) -> N
     root = ET.parse(junit).getroot()
     cases = {c.get("name"): c for c in root.iter("testcase")}
     must_pass = ["test_usr_root_hash_matches_release_and_kernel", "test_usr_backed_by_dm_verity",
-                 "test_no_failed_units"]  # fmt: skip
+                 "test_no_failed_units", "test_booted_by_the_requested_firmware"]  # fmt: skip
     assert {f"{n}[ssh://vm]" for n in must_pass} <= set(cases)
     # With a release.json nothing may skip: every case passed.
     for name, case in cases.items():

@@ -1,9 +1,10 @@
 """`acl-compose test`: JUnit handling (unit) and real runs against composed images (integration).
 
-The integration tests boot the composed testbed under TCG through UEFI (about a minute or
-more per boot here), so they share session fixtures and keep boots few: one `--parallel 2` run
-where every qemu-test must pass, one run of the negative image (tests/fixtures_negative.py)
-where exactly the expected qemu-tests must fail, one interrupted boot.
+The integration tests boot the composed testbed under TCG (about a minute or more per boot
+here), so they share session fixtures and keep boots few: one UEFI `--parallel 2` run and one
+BIOS run where every qemu-test must pass, one run of the negative image
+(tests/fixtures_negative.py) where exactly the expected qemu-tests must fail, one interrupted
+boot.
 """
 
 from __future__ import annotations
@@ -188,15 +189,11 @@ def _status(case: ET.Element) -> str:
     return "passed"
 
 
-@pytest.mark.integration
-def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) -> None:
-    """Every collected qemu-test passed: none failed, none skipped, none left out."""
-    junit = tmp_path / "results" / "junit.xml"
-    proc = run_cli(
-        "--cache-dir", tmp_path / "cache", "--json", "test", composed_release.raw,
-        "--release-json", composed_release.release_json, "--junit-xml", junit,
-        "--parallel", "2", "--cpus", "1",
-    )  # fmt: skip
+def _assert_every_qemu_test_passed(proc: subprocess.CompletedProcess, junit: Path,
+                                   vms: int) -> None:  # fmt: skip
+    """`acl-compose --json test` ran every collected qemu-test: each passed but the Azure-only
+    ones (declared not applicable on a qemu guest), none failed or skipped otherwise, none left
+    out; each of `vms` VMs ran a share and left its evidence."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     result = json.loads(proc.stdout)
     # A qemu guest: exactly the Azure-only tests are declared not applicable, nothing else.
@@ -212,16 +209,49 @@ def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) 
     assert not set(not_passed) - not_applicable, not_passed
     assert counts.tests == len(cases) == len(_collected()), sorted(cases)
     assert counts.passed == len(cases) - len(azure)
-    # Both VMs ran a share, and each suite records its boot-to-SSH time.
+    # Each suite records its boot-to-SSH time.
     suites = ET.parse(junit).getroot().findall("testsuite")
-    assert len(suites) == 2
+    assert len(suites) == vms
     for s in suites:
         props = {p.get("name"): p.get("value") for p in s.iter("property")}
         assert float(props["boot_to_ssh_seconds"]) > 0
-    for vm in ("vm1", "vm2"):
-        assert (junit.parent / f"junit.{vm}.console.log").stat().st_size > 0
-        journal = (junit.parent / f"junit.{vm}.journal.txt").read_text(errors="replace")
+    stems = [f"junit.vm{i}" for i in range(1, vms + 1)] if vms > 1 else ["junit"]
+    for stem in stems:
+        assert (junit.parent / f"{stem}.console.log").stat().st_size > 0
+        journal = (junit.parent / f"{stem}.journal.txt").read_text(errors="replace")
         assert "systemd" in journal
+
+
+@pytest.mark.integration
+def test_composed_image_passes_all_qemu_tests(composed_release, tmp_path: Path) -> None:
+    """Every collected qemu-test passed under UEFI, split across two VMs."""
+    junit = tmp_path / "results" / "junit.xml"
+    proc = run_cli(
+        "--cache-dir", tmp_path / "cache", "--json", "test", composed_release.raw,
+        "--release-json", composed_release.release_json, "--junit-xml", junit,
+        "--parallel", "2", "--cpus", "1",
+    )  # fmt: skip
+    _assert_every_qemu_test_passed(proc, junit, vms=2)
+    assert "efi: EFI v" in (junit.parent / "junit.vm1.console.log").read_text(errors="replace")
+
+
+@pytest.mark.integration
+def test_composed_image_passes_all_qemu_tests_under_bios(composed_release, tmp_path: Path) -> None:
+    """The same image, booted by SeaBIOS through GRUB's boot code in the MBR and its core image
+    in BIOS-BOOT (as an Azure Generation 1 VM boots it): every qemu-test passes, in one VM."""
+    junit = tmp_path / "results" / "junit.xml"
+    proc = run_cli(
+        "--cache-dir", tmp_path / "cache", "--json", "test", composed_release.raw,
+        "--release-json", composed_release.release_json, "--junit-xml", junit,
+        "--firmware", "bios",
+    )  # fmt: skip
+    _assert_every_qemu_test_passed(proc, junit, vms=1)
+    assert json.loads(proc.stdout)["firmware"] == "bios"
+    # In the guest, test_booted_by_the_requested_firmware (passed above) found SeaBIOS, no EFI
+    # runtime and GRUB's BOOT_IMAGE=; the kernel's log agrees: no EFI system table, GRUB's line.
+    console = (junit.parent / "junit.console.log").read_text(errors="replace")
+    assert "efi: EFI v" not in console
+    assert "Command line: BOOT_IMAGE=/flatcar/vmlinuz-a " in console, console[:3000]
 
 
 def _collected() -> list[str]:

@@ -1,4 +1,5 @@
-"""`acl-compose inspect`: the firmwares an image boots, read from real GRUB bytes.
+"""`acl-compose inspect`: the firmwares an image boots, read from real GRUB bytes; compose
+keeps the testbed's BIOS boot (GRUB's boot code in the MBR, its core image in BIOS-BOOT).
 
 (The full report on composed images is tested in test_pipeline.py.)
 """
@@ -9,6 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+from acl_compose.image import firmware, gpt
 from tests import tinydisk
 from tests.conftest import run_cli
 
@@ -31,3 +35,30 @@ def test_inspect_reports_which_firmwares_boot_the_image(tmp_path: Path) -> None:
     assert report["firmware"]["uefi"]["bootable"] is True
     text = run_cli("inspect", broken, check=True).stdout
     assert "BIOS: CANNOT boot: the protective MBR holds no boot code" in text
+
+
+def _bios_bytes(image: Path) -> tuple[bytes, bytes]:
+    """(MBR boot code, whole BIOS-BOOT partition) of a raw image."""
+    part = gpt.read(image).by_label("BIOS-BOOT")
+    with open(image, "rb") as f:
+        code = f.read(firmware.BOOT_CODE_END)
+        f.seek(part.offset)
+        return code, f.read(part.size)
+
+
+@pytest.mark.integration
+def test_compose_keeps_the_testbeds_bios_boot(composed_release, testbed_image: Path) -> None:
+    """The testbed installs GRUB for BIOS; the composed image keeps its boot code and core image
+    byte for byte, and inspect says both firmwares boot it (raw and qcow2)."""
+    base = firmware.boot_support(testbed_image)["bios"]
+    assert base.bootable and base.details["boot_code"] == "grub", base.reason  # not zeros
+    assert _bios_bytes(composed_release.raw) == _bios_bytes(testbed_image)
+    for out in composed_release.release["outputs"]:
+        report = json.loads(
+            run_cli("--json", "inspect", composed_release.out_dir / out["file"], check=True).stdout
+        )["firmware"]
+        assert report["uefi"]["bootable"] and report["bios"]["bootable"], (out["format"], report)
+        assert report["bios"]["core_lba"] == base.details["core_lba"], out["format"]
+    text = run_cli("inspect", composed_release.raw, check=True).stdout
+    assert "UEFI: boots: EFI/BOOT/BOOTX64.EFI on partition 1 (EFI-SYSTEM)" in text
+    assert "BIOS: boots: GRUB boot code in the MBR; GRUB core image at LBA" in text
