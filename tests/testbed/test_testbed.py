@@ -10,6 +10,7 @@ import hashlib
 import importlib
 import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from acl_compose.image import gpt
+from acl_compose.image import biosboot, firmware, fs, gpt
 from acl_compose.testbed import disk, esp, guest, sign
 from acl_compose.testbed import oem as tb_oem
 from tests import btrfs_tools
@@ -329,6 +330,32 @@ def test_gpt_matches_flatcar_layout(testbed_image: Path, reference: Path, tmp_pa
     for path, attrs in tree.items():
         assert attrs["xattrs"] == {"btrfs.compression": "zlib"}, path
         assert attrs["flags"] & 0x800, path
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("flavor", ["current", "old"])
+def test_grub_for_bios_as_grub_install_sh(flavor: str, request: pytest.FixtureRequest) -> None:
+    """Both flavours boot on BIOS as Flatcar's grub_install.sh sets up i386-pc: GRUB's boot code
+    in the MBR pointing at its core image in BIOS-BOOT, the other modules (xz), core.img,
+    boot.img and load.cfg (finding the ESP) in flatcar/grub/i386-pc, mbr.bin = the disk's first
+    448 bytes. (The BIOS boot itself: tests/boot/test_testing.py.)"""
+    build = request.getfixturevalue("testbed_build" if flavor == "current" else "testbed_old_build")
+    image = Path(build["image"])
+    table = gpt.read(image)
+    bios = firmware.boot_support(image)["bios"]
+    assert bios.bootable and bios.details["boot_code"] == "grub", bios.reason
+    assert bios.details["core_lba"] == table.by_label("BIOS-BOOT").first_lba
+    off = table.by_label("EFI-SYSTEM").offset
+    folder = biosboot.GRUB_DIR
+    names = {n.rsplit("/", 1)[-1] for n in fs.fat_list(image, off, folder)}
+    assert {"core.img", "boot.img", "load.cfg", "mbr.bin", "linux.mod", "moddep.lst"} <= names
+    assert not names & {f"{m}.mod" for m in biosboot.MODULES}  # those are in the core image
+    linux = lzma.decompress(fs.fat_read(image, off, f"{folder}/linux.mod"))
+    assert linux == (biosboot.GRUB_PC / "linux.mod").read_bytes()
+    with open(image, "rb") as f:
+        assert fs.fat_read(image, off, f"{folder}/mbr.bin") == f.read(biosboot.MBR_SAVE)
+    load_cfg = fs.fat_read(image, off, f"{folder}/load.cfg").decode()
+    assert f"search.fs_uuid {esp.ESP_FS_UUID} root hd0,gpt1\n" in load_cfg
 
 
 @pytest.mark.integration
