@@ -177,7 +177,7 @@ class ComposedRelease:
     key: Path
     manifest: Path
     release: dict
-    vhd: Path  # the same compose's Azure image (only its OEM partition differs)
+    vhd: Path | None = None  # the same compose's Azure image (only its OEM partition differs)
 
 
 def write_manifest(path: Path, *, base: dict, key: Path, cert: Path, name: str = "acl-test",
