@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -47,15 +48,37 @@ def compile_bytecode(repo: Path) -> None:
                    check=True)  # fmt: skip
 
 
-def timed(argv: list[str], **kw) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (user+sys of the process and all its children)."""
+def timed(argv: list[str], **kw) -> tuple[float, float, float]:
+    """Wall seconds, user and sys CPU seconds of the process and all its children (sys apart:
+    on this shared machine page-cache reclaim and lock contention show up there)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, **kw)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed ({os.waitstatus_to_exitcode(status)}): {' '.join(map(str, argv))}")
-    return wall, usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_utime, usage.ru_stime
+
+
+# CPU seconds of the server's sending threads (in this process). On loopback the kernel bills
+# TCP work to whichever side happens to run it (an ACK can make the receiver transmit the
+# sender's queued data in its own context), so a client's CPU alone varies from run to run
+# with the timing; client + server is the transfer's real cost, comparable across tools.
+_SERVED = [0.0]
+_SERVED_LOCK = threading.Lock()
+
+
+def served_cpu() -> float:
+    with _SERVED_LOCK:
+        return _SERVED[0]
+
+
+def rotated(tools: dict[str, list[str]], r: int) -> list[tuple[str, list[str]]]:
+    """The tools in round r's order: each takes each place in turn, so none always follows
+    the one that just freed (and left to the host, see fetch.fetcher.WRITE) 512 MiB."""
+    items = list(tools.items())
+    k = r % len(items)
+    return items[k:] + items[:k]
 
 
 def load() -> float:
@@ -66,16 +89,22 @@ class Figures:
     """Samples per (section, tool) and the load seen while they were taken."""
 
     def __init__(self) -> None:
-        self.samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        # (wall, user, sys, CPU of the server's sending thread) per round
+        self.samples: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
         self.loads: dict[str, list[float]] = {}
 
-    def add(self, section: str, tool: str, sample: tuple[float, float]) -> None:
+    def add(self, section: str, tool: str, sample: tuple[float, float, float, float]) -> None:
         self.samples.setdefault((section, tool), []).append(sample)
         self.loads.setdefault(section, []).append(load())
 
-    def median(self, section: str, tool: str) -> tuple[float, float]:
+    def median(self, section: str, tool: str) -> tuple[float, float, float, float, float]:
+        """Median wall, CPU (user+sys), sys, CPU with the server's; and the best wall."""
         s = self.samples[(section, tool)]
-        return statistics.median(w for w, _ in s), statistics.median(c for _, c in s)
+        return (statistics.median(w for w, _, _, _ in s),
+                statistics.median(u + y for _, u, y, _ in s),
+                statistics.median(y for _, _, y, _ in s),
+                statistics.median(u + y + v for _, u, y, v in s),
+                min(w for w, _, _, _ in s))  # fmt: skip
 
     def ratio(self, section: str, tool: str, anchor: str) -> float:
         """Median over rounds of tool/anchor wall time, paired round by round."""
@@ -92,6 +121,14 @@ def paced_handler(rate_mib: float) -> type[RangeRequestHandler]:
 
     class Paced(RangeRequestHandler):
         def copyfile(self, source, outputfile) -> None:  # type: ignore[override]
+            start = time.thread_time()
+            try:
+                self._send(source, outputfile)
+            finally:
+                with _SERVED_LOCK:
+                    _SERVED[0] += time.thread_time() - start
+
+        def _send(self, source, outputfile) -> None:
             if not rate_mib:
                 return super().copyfile(source, outputfile)
             start, sent = time.perf_counter(), 0
@@ -161,9 +198,11 @@ def bench_fetch(work: Path, built, figures: Figures, runs: int, rate_mib: float)
             "acl-compose fetch --strict": ours("--strict"),
         }
         (work / "anchor").mkdir(exist_ok=True)
-        for _ in range(runs):
-            for name, argv in tools.items():
-                figures.add(section, name, timed(argv, **quiet))
+        for r in range(runs):
+            for name, argv in rotated(tools, r):
+                served = served_cpu()
+                wall, user, sys_ = timed(argv, **quiet)
+                figures.add(section, name, (wall, user, sys_, served_cpu() - served))
                 shutil.rmtree(work / "cache", ignore_errors=True)
                 for p in (work / "curl.out", *(work / "anchor").iterdir()):
                     p.unlink(missing_ok=True)
@@ -189,9 +228,9 @@ def bench_decompress(work: Path, figures: Figures, size_mib: int, runs: int) -> 
         "acl-compose decompress": [sys.executable, "-c", code, str(src), str(ours)],
     }
     section = "decompress"
-    for _ in range(runs):
-        for name, argv in tools.items():
-            figures.add(section, name, timed(argv))
+    for r in range(runs):
+        for name, argv in rotated(tools, r):
+            figures.add(section, name, (*timed(argv), 0.0))
     if ours.read_bytes() != raw.read_bytes():
         sys.exit("decompress: output differs from the original")
     print(f"decompress: {size_mib} MiB raw, {ours.stat().st_blocks * 512 / 2**20:.0f} MiB "
@@ -206,24 +245,37 @@ def report(figures: Figures, sections: list[str], args: argparse.Namespace) -> N
         (f"fetch {args.rate_mib:g} MiB/s", "curl -o"): "<= 1.05",
         ("decompress", "lbzip2 -dc"): "<= 1.1",
     }
-    print(f"\n{'figure (medians)':58s} {'wall':>7s} {'cpu':>6s} {'ratio':>6s} {'goal':>7s}  load")
+    print(
+        f"\n{'figure (medians; best: fastest round)':52s} {'wall':>6s} {'best':>6s} "
+        f"{'cpu':>6s} {'sys':>5s} {'+srv':>5s} {'ratio':>5s} {'best':>5s} {'goal':>7s}  load"
+    )
     for sec in sections:
         ours = "acl-compose decompress" if sec == "decompress" else "acl-compose fetch"
         tools = [t for s, t in figures.samples if s == sec]
+        load = figures.load_range(sec)
         for tool in tools:
-            wall, cpu = figures.median(sec, tool)
+            wall, cpu, sys_, with_server, best = figures.median(sec, tool)
             n = len(figures.samples[(sec, tool)])
-            print(f"{f'{sec}: {tool} (n={n})':58s} {wall:6.2f}s {cpu:5.2f}s"
-                  f" {'':6s} {'':7s}  {figures.load_range(sec)}")  # fmt: skip
+            srv = f"{with_server:4.2f}s" if sec.startswith("fetch") else ""
+            print(f"{f'{sec}: {tool} (n={n})':52s} {wall:5.2f}s {best:5.2f}s {cpu:5.2f}s "
+                  f"{sys_:4.2f}s {srv:>5s} {'':5s} {'':5s} {'':7s}  {load}")  # fmt: skip
         for anchor in (t for t in tools if not t.startswith("acl-compose")):
             r = figures.ratio(sec, ours, anchor)
+            best = figures.median(sec, ours)[4] / figures.median(sec, anchor)[4]
             goal = goals.get((sec, anchor), "")
-            print(f"{f'{sec}: {ours} / {anchor}':58s} {'':7s} {'':6s} {r:6.2f} {goal:>7s}"
-                  f"  {figures.load_range(sec)}")  # fmt: skip
+            print(f"{f'{sec}: {ours} / {anchor}':52s} {'':6s} {'':6s} {'':6s} {'':5s} {'':5s} "
+                  f"{r:5.2f} {best:5.2f} {goal:>7s}  {load}")  # fmt: skip
         if sec.startswith("fetch"):
-            cpu = figures.median(sec, ours)[1] * 512 / args.size_mib
-            print(f"{f'{sec}: {ours} CPU per 512 MiB':58s} {'':7s} {cpu:5.2f}s {'':6s}"
-                  f" {'< 1.2s':>7s}  {figures.load_range(sec)}")  # fmt: skip
+            _, cpu, _, with_server, _ = figures.median(sec, ours)
+            scale = 512 / args.size_mib
+            print(
+                f"{f'{sec}: {ours} CPU per 512 MiB':52s} {'':6s} {'':6s} {cpu * scale:5.2f}s "
+                f"{'':5s} {with_server * scale:4.2f}s {'':5s} {'':5s} {'< 1.2s':>7s}  {load}"
+            )
+    print(
+        "cpu: user+sys of the tool and its children; +srv: with the loopback server's sending"
+        " thread (the kernel bills TCP work to either side)"
+    )
 
 
 def main() -> None:
