@@ -20,7 +20,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,14 @@ class _Built:
     meta: dict[str, Any]
     fresh: bool
     contents: list[dict[str, Any]]
-    cleanup: threading.Thread | None = None  # removing the assembled tree, in the background
+    # Removals left to the background (the assembled tree, the erofs image once copied into
+    # the DDI): thousands of unlinks, and a 200 MB truncate. build() joins them before it returns.
+    cleanup: list[threading.Thread] = field(default_factory=list)
+
+    def remove_later(self, fn: Callable[..., object], *args: object) -> None:
+        thread = threading.Thread(target=fn, args=args, daemon=True)
+        thread.start()
+        self.cleanup.append(thread)
 
 
 class _Digest:
@@ -320,10 +327,8 @@ def _build_unsigned(
     fs = ddi.Extent(image, offset, os.stat(image).st_size - offset)
     tree_file = ddi.Extent.of(work / "verity.img")
     built = _Built(work, result.root_hash, fs, tree_file, meta, True, contents)
-    # Thousands of unlinks, beside the DDI's copy and hash (nothing forks any more): joined,
-    # like the rest of scratch, before build() returns.
-    built.cleanup = threading.Thread(target=shutil.rmtree, args=(tree, True), daemon=True)
-    built.cleanup.start()
+    # Beside the DDI's copy and hash (nothing forks any more).
+    built.remove_later(shutil.rmtree, tree, True)
     return built
 
 
@@ -344,7 +349,8 @@ def _keep(built: _Built, cache_dir: Path | None, fs: ddi.Extent, tree: ddi.Exten
         if not (entry / name).exists():
             _link_or_copy(extent.path, entry / name)
         meta[role] = {"file": name, "offset": extent.offset, "size": extent.size}
-    (entry / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    # Compact: json's C encoder (indent= falls back to the Python one, ~20 ms for 2,000 files).
+    (entry / "meta.json").write_text(json.dumps(meta, sort_keys=True, separators=(",", ":")))
     final.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(entry, final)
@@ -474,8 +480,8 @@ def build(
                 }
     finally:
         digest.wait()
-        if built is not None and built.cleanup is not None:
-            built.cleanup.join()
+        for thread in built.cleanup if built is not None else []:
+            thread.join()
         shutil.rmtree(scratch, ignore_errors=True)
         if cache is None:
             with contextlib.suppress(OSError):
@@ -510,7 +516,7 @@ def _write_ddi(
         )
     else:
         disk, sha256 = ddi.write(image, built.fs, built.tree, built.root_hash, arch, sig_json)
-        built.fs.path.unlink()  # the copy in the DDI is the one kept
+        built.remove_later(built.fs.path.unlink)  # the copy in the DDI is the one kept
     os.chmod(image, 0o644)
     data, tree = disk.by_number(1), disk.by_number(2)
     fs_at = ddi.Extent(image, data.offset, built.fs.size)

@@ -96,6 +96,10 @@ class Figures:
     def add(self, section: str, tool: str, sample: tuple[float, float, float, float]) -> None:
         self.samples.setdefault((section, tool), []).append(sample)
         self.loads.setdefault(section, []).append(load())
+        wall, user, sys_, _ = sample
+        n = len(self.samples[(section, tool)])
+        print(f"round {n} {section}: {tool:28s} wall {wall:5.2f}s user {user:5.2f}s "
+              f"sys {sys_:5.2f}s load {load():.2f}", flush=True)  # fmt: skip
 
     def median(self, section: str, tool: str) -> tuple[float, float, float, float, float]:
         """Median wall, CPU (user+sys), sys, CPU with the server's; and the best wall."""
