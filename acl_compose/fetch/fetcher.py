@@ -43,10 +43,8 @@ from acl_compose.ui import opt
 from acl_compose.util import OutputDir
 
 _HEX_LEN = {"MD5": 32, "SHA1": 40, "SHA256": 64, "SHA512": 128}
-# Page-cache writes in 64 KiB pieces: ext4 sizes a new page-cache folio by the write, and a
-# 1 MiB folio is carved from the high-order free blocks that a VM's free page reporting
-# (virtio-balloon) has handed back to the host, so every page of it faults on the host when
-# first written: measured here, 1 MiB writes cost up to 1 s more sys time per 512 MiB.
+# Writes of 64 KiB: ext4 sizes page-cache folios by the write, and 1 MiB ones come from free
+# blocks a VM's free page reporting gave back to the host (a host fault per page: up to 1 s).
 WRITE = 64 << 10
 
 
