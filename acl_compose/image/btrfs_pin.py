@@ -34,7 +34,7 @@ from pathlib import Path
 
 from acl_compose import ui
 from acl_compose.errors import InputError, ToolError
-from acl_compose.image.btrfs import crc32c_raw
+from acl_compose.image.btrfs import CSUM_CRC32C, Filesystem, crc32c_raw
 from acl_compose.run import run
 
 SUPER_OFFSETS = (0x10000, 0x4000000, 0x4000000000)  # primary, mirrors at 64 MiB and 256 GiB
@@ -105,55 +105,20 @@ def mkfs_canonical(src_dir: Path, mkfs_argv: list[str], out: Path, work: Path) -
 # --------------------------------------------------------------------------- pinning
 
 
-class _Image:
+class _Image(Filesystem):
+    """btrfs.Filesystem (chunk map, checked reads, checksummed writes of every copy) under the
+    names the pinner uses, plus a walk over every tree block."""
+
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.f = open(path, "r+b")  # noqa: SIM115 (closed in pin)
-        self.f.seek(SUPER_OFFSETS[0])
-        sb = self.f.read(4096)
-        if len(sb) < 4096 or sb[0x40:0x48] != MAGIC:
-            raise InputError(f"{path}: no btrfs filesystem")
-        self.fsid = sb[0x20:0x30]
-        self.root, self.chunk_root = struct.unpack_from("<QQ", sb, 0x50)
-        self.nodesize = struct.unpack_from("<I", sb, 0x94)[0]
-        (csum_type,) = struct.unpack_from("<H", sb, 0xC4)
-        if csum_type != 0:
+        super().__init__(path, write=True)
+        if self.csum_type != CSUM_CRC32C:
+            self.close()
             raise ToolError(f"{path}: only crc32c btrfs filesystems can be pinned")
-        (size,) = struct.unpack_from("<I", sb, 0xA0)
-        self.chunks: list[tuple[int, int, list[int]]] = []
-        arr, pos = sb[0x32B : 0x32B + size], 0
-        while pos < len(arr):
-            logical = struct.unpack_from("<Q", arr, pos + 9)[0]
-            pos += 17 + self._chunk(logical, arr[pos + 17 :])
-        for key, data in self._items(self.chunk_root):
-            if key[1] == CHUNK_ITEM:
-                self._chunk(key[2], data)
+        self.f = self._f
 
-    def _chunk(self, logical: int, data: bytes) -> int:
-        length = struct.unpack_from("<Q", data, 0)[0]
-        (n,) = struct.unpack_from("<H", data, 44)
-        self.chunks.append((logical, length, [struct.unpack_from("<Q", data, 56 + 32 * i)[0]
-                                              for i in range(n)]))  # fmt: skip
-        return 48 + 32 * n
-
-    def physical(self, logical: int) -> list[int]:
-        for start, length, stripes in self.chunks:
-            if start <= logical < start + length:
-                return [s + logical - start for s in stripes]
-        raise InputError(f"{self.path}: tree block {logical} is in no chunk")
-
-    def read(self, logical: int) -> bytearray:
-        self.f.seek(self.physical(logical)[0])
-        block = bytearray(self.f.read(self.nodesize))
-        if struct.unpack_from("<Q", block, 0x30)[0] != logical:
-            raise InputError(f"{self.path}: tree block {logical} is not where it should be")
-        return block
-
-    def write(self, logical: int, block: bytearray) -> None:
-        block[0:32] = struct.pack("<I", crc32c(memoryview(block)[0x20:])).ljust(32, b"\0")
-        for where in self.physical(logical):
-            self.f.seek(where)
-            self.f.write(block)
+    read = Filesystem.read_block
+    write = Filesystem.write_block
+    physical = Filesystem._physical
 
     def blocks(self, logical: int) -> Iterator[int]:
         """Every tree block of the tree rooted at `logical`, nodes first."""
@@ -166,14 +131,8 @@ class _Image:
             yield from self.blocks(struct.unpack_from("<Q", block, HEADER + i * KEY_PTR + 17)[0])
 
     def _items(self, root: int) -> Iterator[tuple[tuple[int, int, int], bytes]]:
-        for logical in self.blocks(root):
-            block = self.read(logical)
-            if block[0x64] != 0:
-                continue
-            (n,) = struct.unpack_from("<I", block, 0x60)
-            for i in range(n):
-                oid, kt, off, doff, dsize = struct.unpack_from("<QBQII", block, HEADER + i * ITEM)
-                yield (oid, kt, off), bytes(block[HEADER + doff : HEADER + doff + dsize])
+        for item in self.items(root):
+            yield item.key, item.data
 
 
 def pin(part_file: str | os.PathLike[str], source_date_epoch: int | None) -> None:
