@@ -176,8 +176,12 @@ def _place_file(
             os.link(src, target)
             linked.add(key)
             return
+        except FileExistsError:
+            raise
         except OSError:  # other filesystem, or not permitted: copy instead
             pass
+    if os.path.lexists(target):
+        raise FileExistsError(target)
     shutil.copyfile(src, target)
     os.chmod(target, want)
 
@@ -206,18 +210,21 @@ def _copy_tree(
             os.chmod(
                 t, (mode if mode is not None and not rel else 0o755) | (stat.S_IMODE(m) & 0o7000)
             )
-        elif os.path.lexists(t):
-            raise _err(where, f"{ipath} is provided twice")
-        elif stat.S_ISLNK(m):
-            os.symlink(os.readlink(s), t)
-        elif stat.S_ISREG(m):
-            _place_file(s, st, t, mode if not rel else None, linked)
         else:
-            # Device nodes, FIFOs and sockets are reproduced so the policy check names them.
-            if stat.S_ISCHR(m) or stat.S_ISBLK(m) or stat.S_ISFIFO(m):
-                os.mknod(t, stat.S_IFMT(m) | 0o600, st.st_rdev)
-            else:
-                raise PolicyError(f"{where}: {ipath} is a socket or other special file")
+            # No lexists() first: link, symlink and mknod refuse an existing name themselves
+            # (one lstat less per file of a large tree).
+            try:
+                if stat.S_ISLNK(m):
+                    os.symlink(os.readlink(s), t)
+                elif stat.S_ISREG(m):
+                    _place_file(s, st, t, mode if not rel else None, linked)
+                # Device nodes, FIFOs and sockets are reproduced so the policy check names them.
+                elif stat.S_ISCHR(m) or stat.S_ISBLK(m) or stat.S_ISFIFO(m):
+                    os.mknod(t, stat.S_IFMT(m) | 0o600, st.st_rdev)
+                else:
+                    raise PolicyError(f"{where}: {ipath} is a socket or other special file")
+            except FileExistsError:
+                raise _err(where, f"{ipath} is provided twice") from None
 
 
 def _unit_wanted_by(unit_file: Path) -> list[str]:

@@ -15,6 +15,7 @@ import mmap
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,48 +134,77 @@ def write(
     root_hash: str,
     architecture: str,
     sig_json: bytes | None = None,
+    copied: Callable[[], object] | None = None,
 ) -> tuple[gpt.Disk, str]:
     """Write the DDI to `out` (a new file): GPT + data + verity (+ signature) partitions.
 
-    The filesystem and tree are copied in the kernel (copy_file_range) while a thread hashes
-    the image from its parts (the GPT area written first, the filesystem and tree read from
-    their sources): the copy and the sha256 overlap. Returns the GPT and that sha256.
+    The filesystem and tree are copied in the kernel (copy_file_range), the filesystem a
+    WINDOW at a time, while a thread hashes the image from `out` itself right behind the
+    copy. `copied()` is called as soon as the sources are no longer read, before the hash is
+    done: a caller can drop a 200 MB source while the hash finishes. Returns the GPT and the
+    image's sha256.
     """
     fs, tree = Extent.of(fs_image), Extent.of(verity_tree)
     p = plan(fs.size, tree.size, root_hash, architecture, _len(sig_json))
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         disk = _frame(Path(out), fd, p, sig_json)
-        h = hashlib.sha256()
-        parts = [
-            (fd, 0, p.data.offset),
-            (fs, p.data.size),
-            (tree, p.verity.size),
-            (fd, p.verity.offset + p.verity.size, p.total - p.verity.offset - p.verity.size),
-        ]
-        hasher = threading.Thread(target=_hash_parts, args=(h, parts), daemon=True)
+        _copy_into(fd, p.verity, tree)  # small, and then all but the data slot is in place
+        follow = _Follower(fd, p.data.offset)
+        hasher = threading.Thread(target=follow.run, args=(p.total,), daemon=True)
         hasher.start()
         try:
-            _copy_into(fd, p.data, fs)
-            _copy_into(fd, p.verity, tree)
-        finally:
+            if fs.size > p.data.size:
+                raise InputError(f"{fs.path} does not fit partition {p.data.name}")
+            for at in range(0, fs.size, WINDOW):
+                n = min(WINDOW, fs.size - at)
+                copy_extent(Extent(fs.path, fs.offset + at, n), fd, p.data.offset + at)
+                follow.advance(p.data.offset + at + n)
+        except BaseException:
+            follow.advance(-1)
             hasher.join()
-        return disk, h.hexdigest()
+            raise
+        follow.advance(p.total)  # the rest of the slot is the zeros ftruncate left
+        if copied is not None:
+            copied()
+        hasher.join()
+        return disk, follow.hexdigest()
     finally:
         os.close(fd)
 
 
-def _hash_parts(h: Any, parts: list[tuple[Any, ...]]) -> None:
-    """Feed `h` the image in order: (fd, offset, size) of the image itself, or (Extent, slot
-    size) of a source, zero-padded to its slot."""
-    for part in parts:
-        if isinstance(part[0], Extent):
-            src, slot = part
-            with open(src.path, "rb") as f:
-                _hash_range(h, f.fileno(), src.offset, src.size)
-            _feed_zeros(h, slot - src.size)
-        else:
-            _hash_range(h, *part)
+class _Follower:
+    """Hashes an image from its fd in order, never past what the writer says is in place."""
+
+    def __init__(self, fd: int, ready: int) -> None:
+        self._fd, self._ready, self._cond = fd, ready, threading.Condition()
+        self._h = hashlib.sha256()
+        self._error: BaseException | None = None
+
+    def advance(self, ready: int) -> None:
+        """Bytes before `ready` are written; -1: the writer failed, stop."""
+        with self._cond:
+            self._ready = ready
+            self._cond.notify()
+
+    def run(self, total: int) -> None:
+        done = 0
+        try:
+            while done < total:
+                with self._cond:
+                    self._cond.wait_for(lambda d=done: self._ready > d or self._ready < 0)
+                    ready = self._ready
+                if ready < 0:
+                    return
+                _hash_range(self._h, self._fd, done, ready - done)
+                done = ready
+        except BaseException as e:  # noqa: BLE001 - raised by hexdigest()
+            self._error = e
+
+    def hexdigest(self) -> str:
+        if self._error is not None:
+            raise self._error
+        return self._h.hexdigest()
 
 
 def _hash_range(h: Any, fd: int, offset: int, size: int) -> None:
@@ -189,13 +219,6 @@ def _hash_range(h: Any, fd: int, offset: int, size: int) -> None:
             with memoryview(m) as view:
                 h.update(view[skew:])
         offset += n
-
-
-def _feed_zeros(h: Any, n: int) -> None:
-    zero = bytes(min(n, CHUNK))
-    while n > 0:
-        h.update(zero[: min(n, CHUNK)])
-        n -= CHUNK
 
 
 def write_around(

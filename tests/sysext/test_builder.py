@@ -350,22 +350,6 @@ def test_squashfs_bundle_and_url_entry(
     assert "-rwxr-xr-x root/root" in ls.stdout
 
 
-def test_units_enabled_and_tree_normalized(tmp_path: Path, cache_dir: Path) -> None:
-    """`units:` become .wants links; modes are normalized and owners are root in the image."""
-    result = sysext.build(REPO / "sysext" / "azure-base", tmp_path / "out", cache_dir=cache_dir)
-    data = _extract(Path(result["path"]), 1, tmp_path / "fs")
-    dest = tmp_path / "x"
-    subprocess.run(["fsck.erofs", f"--extract={dest}", data], check=True, capture_output=True)
-    link = dest / "usr/lib/systemd/system/multi-user.target.wants/azure-base-info.service"
-    assert os.readlink(link) == "../azure-base-info.service"
-    script = dest / "usr/libexec/azure-base/record-provides"
-    assert (script.stat().st_mode & 0o7777) == 0o755
-    assert (dest / "usr/lib/sysctl.d/60-azure-net.conf").stat().st_mode & 0o7777 == 0o644
-    assert script.stat().st_uid == 0 and script.stat().st_mtime == 0  # mkfs -T0
-    er = (dest / "usr/lib/extension-release.d/extension-release.azure-base").read_text()
-    assert "EXTENSION_RELOAD_MANAGER=1" in er and "SYSEXT_LEVEL=1.0" in er
-
-
 def test_pkgmgr_canary_builds_with_reason(tmp_path: Path, cache_dir: Path) -> None:
     result = sysext.build(
         REPO / "tests/data/sysext/pkgmgr-canary", tmp_path / "out", cache_dir=cache_dir
@@ -375,32 +359,6 @@ def test_pkgmgr_canary_builds_with_reason(tmp_path: Path, cache_dir: Path) -> No
     subprocess.run(["fsck.erofs", f"--extract={dest}", data], check=True, capture_output=True)
     dpkg = dest / "usr/bin/dpkg"
     assert dpkg.stat().st_mode & 0o111 and dpkg.read_text().startswith("#!/bin/sh")
-
-
-@pytest.mark.parametrize("filesystem", ["erofs", "squashfs"])
-def test_reproducible_regardless_of_umask_mtime_and_order(tmp_path: Path, filesystem: str) -> None:
-    """A copy made with umask 077, odd mtimes, reverse creation order builds the same bytes."""
-    src = tmp_path / "src"
-    shutil.copytree(REPO / "sysext" / "aks-node", src)
-    manifest = src / "sysext.yaml"
-    manifest.write_text(manifest.read_text() + f"filesystem: {filesystem}\n")
-    copy = tmp_path / "copy"
-    old = os.umask(0o077)
-    try:
-        for p in sorted(src.rglob("*"), reverse=True):
-            if p.is_file():
-                t = copy / p.relative_to(src)
-                t.parent.mkdir(parents=True, exist_ok=True)
-                t.write_bytes(p.read_bytes())
-                os.utime(t, (12345, 67890))
-    finally:
-        os.umask(old)
-    assert (copy / "files/60-aks-node.conf").stat().st_mode & 0o777 == 0o600
-    a = sysext.build(src, tmp_path / "a", cache_dir=tmp_path / "ca")
-    b = sysext.build(copy, tmp_path / "b", cache_dir=tmp_path / "cb")
-    assert a["sha256"] == b["sha256"]
-    # the build hard-links or copies bundle files but never touches them
-    assert (copy / "files/60-aks-node.conf").stat().st_mtime == 67890
 
 
 def test_check_unprotected_raw_and_not_an_extension(tmp_path: Path, base: Path) -> None:
