@@ -1,7 +1,8 @@
 """Test helpers: a throwaway OpenPGP key and a Flatcar-shaped, signed release tree.
 
 Also a fault-injecting HTTP handler for acl_compose.httpserve (drop, stall, HTML, 5xx, slow).
-Used by tests/fetch/test_fetcher.py, tests/trust/test_gpg.py and tests/bench/bench_fetch.py.
+Used by tests/fetch/conftest.py (the fetch tests' site), tests/trust/test_gpg.py and
+tests/bench/bench_fetch.py.
 """
 
 from __future__ import annotations

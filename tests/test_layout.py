@@ -136,6 +136,19 @@ def test_no_module_over_600_lines() -> None:
     assert not long, "split these by concern:\n" + "\n".join(long)
 
 
+def test_no_test_file_over_600_lines() -> None:
+    """The same limit for the tests (and the guest suites): split by the module they test,
+    shared fixtures in the folder's conftest.py."""
+    files = [p for root in ("tests", "qemu-tests") for p in sorted((REPO / root).rglob("*.py"))]
+    assert len(files) > 50  # the walk found the suites
+    long = [
+        f"{p.relative_to(REPO)}: {n}"
+        for p in files
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    ]
+    assert not long, "split these by concern:\n" + "\n".join(long)
+
+
 def test_tests_are_self_contained() -> None:
     """A fresh clone runs its tests: nothing reads the workspace's shared folder (reference
     data lives in tests/data/reference/, with its origins in the README there)."""

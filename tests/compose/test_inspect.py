@@ -1,7 +1,6 @@
 """`acl-compose inspect`: the firmwares an image boots, read from real GRUB bytes; compose
-keeps the testbed's BIOS boot (GRUB's boot code in the MBR, its core image in BIOS-BOOT).
-
-(The full report on composed images is tested in test_pipeline.py.)
+keeps the testbed's BIOS boot (GRUB's boot code in the MBR, its core image in BIOS-BOOT);
+and the full report on a composed image (`mini_release`, tests/compose/conftest.py).
 """
 
 from __future__ import annotations
@@ -62,3 +61,42 @@ def test_compose_keeps_the_testbeds_bios_boot(composed_release, testbed_image: P
     text = run_cli("inspect", composed_release.raw, check=True).stdout
     assert "UEFI: boots: EFI/BOOT/BOOTX64.EFI on partition 1 (EFI-SYSTEM)" in text
     assert "BIOS: boots: GRUB boot code in the MBR; GRUB core image at LBA" in text
+
+
+def test_inspect_shows_everything(mini_release):
+    for name in ("acl-test-1.0.0.bin", "acl-test-1.0.0.qcow2", "acl-test-1.0.0.vhd"):
+        proc = run_cli("--json", "inspect", mini_release["out"] / name, check=True)
+        r = json.loads(proc.stdout)
+        assert r["flatcar_version"] == "9999.2.0"
+        assert (
+            r["usr"]["verified"] is True
+            and r["usr"]["kernel_root_hash"] == mini_release["release"]["usr"]["root_hash"]
+        )
+        platform = "azure" if name.endswith(".vhd") else "qemu"
+        assert r["oem"]["id"] == r["oem"]["grub_oem_id"] == platform
+        assert r["oem"]["release"]["VERSION_ID"] == "1.2.3"
+        (sx,) = r["oem"]["sysexts"]
+        assert (sx["file"], sx["id"], sx["version"], sx["active"], sx["status"]) == (
+            f"sysext/oem-{platform}-9999.2.0.raw", platform, "9999.2.0", True, "ok")  # fmt: skip
+        assert sx["sha256"] == mini_release["release"]["platforms"][platform]["sysext"]["sha256"]
+        assert (
+            r["oem"]["configs"]["base/base.ign"]["sha256"]
+            == mini_release["release"]["ignition"]["sha256"]
+        )
+        got = {
+            s["name"]: (s["version"], s["signed"], s["status"], s["enabled_by"])
+            for s in r["sysexts"]
+        }
+        assert got == {
+            "azure-base": ("1.1.0", True, "ok", "/etc/extensions/azure-base.raw"),
+            "aks-node": ("1.0.0", True, "ok", "/etc/extensions/aks-node.raw"),
+        }
+        assert [p["label"] for p in r["disk"]["partitions"]][2] == "USR-A"
+    text = run_cli("inspect", mini_release["out"] / "acl-test-1.0.0.bin", check=True).stdout
+    assert (
+        "sysext aks-node 1.0.0" in text
+        and "/usr verity: verified" in text
+        and "OEM id: qemu (oem-release: QEMU 1.2.3; grub.cfg oem_id=qemu)" in text
+        and "OEM sysext oem-qemu 9999.2.0: OEM:/sysext/oem-qemu-9999.2.0.raw (active; unsigned; ok)"
+        in text
+    )

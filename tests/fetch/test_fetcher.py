@@ -1,7 +1,8 @@
-"""`acl-compose fetch` against a real loopback HTTP server serving a signed Flatcar-shaped tree.
-
-The tree is signed by a throwaway ed25519 key (certify-only primary + signing subkey) made
-once per session; every case runs the real CLI in a subprocess with its own cache dir.
+"""`acl-compose fetch` against a real loopback HTTP server serving a signed Flatcar-shaped tree
+(the `site` fixture, tests/fetch/conftest.py): what it reports and exports, and the trust
+checks (DIGESTS and file signatures, keys) that refuse a tampered or foreign release.
+The cache is tested in test_cache.py, the transport (retries, resumes, timeouts, HTML error
+pages, progress) in test_transport.py, decompression in test_unpack.py.
 """
 
 from __future__ import annotations
@@ -10,12 +11,7 @@ import bz2
 import hashlib
 import json
 import os
-import shlex
-import shutil
-import subprocess
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,100 +20,8 @@ from acl_compose import fetch
 from acl_compose.errors import FetchError, InputError, VerificationError
 from acl_compose.fetch.httpserve import serve
 from tests.conftest import run_cli
-from tests.flatcar_tree import (
-    IMAGE,
-    VERSION,
-    Faults,
-    Key,
-    copy_tree,
-    fault_handler,
-    make_key,
-    make_tree,
-    publish,
-    write_digests,
-)
-
-FAST = {"ACL_COMPOSE_BACKOFF": "0.05", "ACL_COMPOSE_RETRIES": "3"}
-
-
-@pytest.fixture(scope="session")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    return make_key(tmp_path_factory.mktemp("gnupg-release"), "Test Release <rel@example.org>")
-
-
-@pytest.fixture(scope="session")
-def other_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    return make_key(tmp_path_factory.mktemp("gnupg-other"), "Mallory <m@example.org>")
-
-
-@pytest.fixture(scope="session")
-def pristine(tmp_path_factory: pytest.TempPathFactory, signing_key: Key) -> Path:
-    return make_tree(tmp_path_factory.mktemp("tree") / "amd64-usr", signing_key)
-
-
-@dataclass
-class Site:
-    root: Path
-    url: str
-    faults: Faults
-    key: Key
-    cache: Path
-
-    @property
-    def vdir(self) -> Path:
-        return self.root / VERSION
-
-    def fetch(
-        self,
-        *args: str,
-        check: bool | None = None,
-        env: dict[str, str] | None = None,
-        key: Key | None = None,
-        json_out: bool = False,
-    ) -> subprocess.CompletedProcess[str]:
-        key = key or self.key
-        pre = ["--cache-dir", str(self.cache)] + (["--json"] if json_out else [])
-        return run_cli(
-            *pre,
-            "fetch",
-            "--base-url",
-            self.url,
-            "--keyring",
-            str(key.public),
-            "--trusted-key",
-            key.fingerprint,
-            *args,
-            check=check,
-            env={**FAST, **(env or {})},
-            timeout=120,
-        )
-
-    def assert_refused(self, proc: subprocess.CompletedProcess[str], *needles: str) -> None:
-        """Exit 1, one `error:` line naming the URL/file, nothing usable left in the cache."""
-        assert proc.returncode == 1, proc.stderr
-        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-        assert len(errors) == 1, proc.stderr
-        assert "Traceback" not in proc.stderr
-        for needle in needles:
-            assert needle in errors[0], errors[0]
-        assert not list((self.cache / "tmp").glob("*")) if (self.cache / "tmp").exists() else True
-        # Only version.txt (verified before the failure) may have entered the store.
-        allowed = {_sha512(self.vdir / "version.txt")}
-        assert {p.name for p in self.cache.glob("blobs/sha512/*/*")} <= allowed
-        offline = self.fetch("--release", VERSION, "--offline")
-        assert offline.returncode == 1, offline.stdout
-
-
-@pytest.fixture
-def site(tmp_path: Path, pristine: Path, signing_key: Key, cache_dir: Path):
-    root = copy_tree(pristine, tmp_path / "amd64-usr")
-    faults = Faults()
-    with serve(root, handler=fault_handler(faults)) as server:
-        yield Site(root, server.url, faults, signing_key, cache_dir)
-
-
-def _sha512(path: Path) -> str:
-    return hashlib.sha512(path.read_bytes()).hexdigest()
+from tests.fetch.conftest import Site, sha512
+from tests.flatcar_tree import IMAGE, VERSION, Key, publish, write_digests
 
 
 def test_success_json_reports_release_and_signatures(site: Site) -> None:
@@ -134,7 +38,7 @@ def test_success_json_reports_release_and_signatures(site: Site) -> None:
     image = data["artifacts"][1]
     path = Path(image["path"])
     assert path.read_bytes() == (site.vdir / IMAGE).read_bytes()
-    assert image["sha512"] == _sha512(site.vdir / IMAGE) == _sha512(path)
+    assert image["sha512"] == sha512(site.vdir / IMAGE) == sha512(path)
     assert image["size"] == (site.vdir / IMAGE).stat().st_size
     assert image["checks"] == ["digests-signature", "sha512"]
     sig = image["signature"]  # over the DIGESTS
@@ -178,33 +82,6 @@ def test_text_output_one_path_per_line_and_output_dir(site: Site, tmp_path: Path
     proc = site.fetch("--release", VERSION, "-o", str(mine), "--force")
     assert proc.returncode == 1 and "version.txt exists and was not written by" in proc.stderr
     assert [p.read_text() for p in mine.iterdir()] == ["my notes"]
-
-
-@pytest.mark.parametrize("json_out", [False, True])
-def test_progress_only_on_a_terminal_without_json(site: Site, json_out: bool) -> None:
-    site.faults.rules[IMAGE] = "slow"
-    argv = [sys.executable, "-m", "acl_compose", "--cache-dir", str(site.cache)]
-    argv += ["--json"] if json_out else []
-    argv += [
-        "fetch",
-        "--base-url",
-        site.url,
-        "--release",
-        VERSION,
-        "--keyring",
-        str(site.key.public),
-        "--trusted-key",
-        site.key.fingerprint,
-    ]
-    # script(1) gives the command a pseudo-terminal, like a user at a shell.
-    proc = subprocess.run(
-        ["script", "-qec", shlex.join(argv), "/dev/null"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout
-    assert ("MiB/s" in proc.stdout and "ETA" in proc.stdout) is not json_out
 
 
 def test_current_resolution(site: Site) -> None:
@@ -260,7 +137,7 @@ def test_default_trusts_the_signed_digests(site: Site) -> None:
     image = data["artifacts"][1]
     assert image["checks"] == ["digests-signature", "sha512"]
     assert "file_signature" not in image
-    assert image["sha512"] == _sha512(site.vdir / IMAGE)
+    assert image["sha512"] == sha512(site.vdir / IMAGE)
     assert site.faults.gets(f"{IMAGE}.sig") == 0  # F.sig was not even downloaded
     assert site.faults.gets(f"{IMAGE}.DIGESTS.sig") == 1
     # The same cached file, now wanted with its own signature: checked in place, refused, and
@@ -306,7 +183,7 @@ def test_missing_sig_refused_when_checked(site: Site) -> None:
 
 def test_digests_mismatch_refused(site: Site) -> None:
     digests = site.vdir / f"{IMAGE}.DIGESTS"
-    text = digests.read_text().replace(_sha512(site.vdir / IMAGE), "0" * 128)
+    text = digests.read_text().replace(sha512(site.vdir / IMAGE), "0" * 128)
     digests.write_text(text)
     site.key.sign_digests(digests)  # properly signed, but wrong
     proc = site.fetch("--release", VERSION)
@@ -321,26 +198,6 @@ def test_strict_checks_both_and_records_them(site: Site) -> None:
         assert art["file_signature"]["primary_fingerprint"] == site.key.fingerprint
         assert art["signature"]["primary_fingerprint"] == site.key.fingerprint
     assert site.faults.gets(f"{IMAGE}.sig") == 1 and site.faults.gets(f"{IMAGE}.DIGESTS.sig") == 1
-
-
-def test_cached_file_gets_its_signature_checked_in_place(site: Site) -> None:
-    site.fetch("--release", VERSION, check=True)
-    # Cached on DIGESTS alone: --offline cannot vouch for F.sig.
-    proc = site.fetch("--release", VERSION, "--offline", "--check-file-signatures")
-    assert proc.returncode == 1 and "file signature" in proc.stderr, proc.stderr
-    site.faults.log.clear()
-    proc = site.fetch("--release", VERSION, "--check-file-signatures", json_out=True, check=True)
-    image = json.loads(proc.stdout)["artifacts"][1]
-    assert image["cached"] and "file-signature" in image["checks"]
-    assert site.faults.gets(IMAGE) == 0 and site.faults.gets(f"{IMAGE}.sig") == 1
-    # Recorded: offline now suffices, and a default fetch still reports only what it asked for.
-    again = json.loads(
-        site.fetch("--release", VERSION, "--offline", "--strict", json_out=True, check=True).stdout
-    )
-    assert again["artifacts"][1]["file_signature"] == image["file_signature"]
-    plain = json.loads(site.fetch("--release", VERSION, "--offline", json_out=True).stdout)
-    assert plain["artifacts"][1]["checks"] == ["digests-signature", "sha512"]
-    assert "file_signature" not in plain["artifacts"][1]
 
 
 def test_digests_signed_by_another_key_refused(site: Site, other_key: Key) -> None:
@@ -361,7 +218,7 @@ def test_tampered_clearsigned_digests_refused(site: Site) -> None:
     (site.vdir / f"{IMAGE}.DIGESTS.sig").unlink()
     asc = site.vdir / f"{IMAGE}.DIGESTS.asc"
     text = asc.read_text()
-    digest = _sha512(site.vdir / IMAGE)
+    digest = sha512(site.vdir / IMAGE)
     asc.write_text(text.replace(digest, digest[:-1] + ("0" if digest[-1] != "0" else "1")))
     proc = site.fetch("--release", VERSION)
     site.assert_refused(proc, f"{IMAGE}.DIGESTS.asc", "BAD signature")
@@ -389,136 +246,11 @@ def test_clearsigned_digests_used_when_detached_missing(site: Site) -> None:
     assert site.faults.gets(f"{IMAGE}.DIGESTS.asc") == 1
 
 
-def test_dropped_connection_resumes_with_range(site: Site) -> None:
-    site.faults.rules[IMAGE] = "drop"
-    data = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
-    assert data["artifacts"][1]["sha512"] == _sha512(site.vdir / IMAGE)
-    assert site.faults.gets(IMAGE, ranged=False) == 1
-    size = (site.vdir / IMAGE).stat().st_size
-    ranges = [r for p, r in site.faults.log if p.endswith(IMAGE) and r]
-    assert ranges == [f"bytes={size // 2}-"]
-
-
-def test_5xx_is_retried(site: Site) -> None:
-    site.faults.rules[IMAGE] = "503x2"
-    site.fetch("--release", VERSION, check=True)
-    assert site.faults.gets(IMAGE) == 3
-
-
-def test_html_error_page_refused(site: Site) -> None:
-    site.faults.rules[IMAGE] = "html"
-    proc = site.fetch("--release", VERSION)
-    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "HTML")
-
-
-def test_html_page_with_binary_content_type_refused(site: Site) -> None:
-    site.faults.rules[IMAGE] = "html-octet"
-    proc = site.fetch("--release", VERSION)
-    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "HTML")
-
-
-def test_404_names_the_url(site: Site) -> None:
-    (site.vdir / IMAGE).unlink()
-    proc = site.fetch("--release", VERSION)
-    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "not found")
-
-
-def test_unknown_release_404(site: Site) -> None:
-    proc = site.fetch("--release", "9999.0.0")
-    assert proc.returncode == 1
-    assert f"error: {site.url}9999.0.0/version.txt: not found" in proc.stderr
-
-
 def test_missing_digests_refused(site: Site) -> None:
     for suffix in (".DIGESTS", ".DIGESTS.asc", ".DIGESTS.sig"):
         (site.vdir / f"{IMAGE}{suffix}").unlink()
     proc = site.fetch("--release", VERSION)
     site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}.DIGESTS", "missing")
-
-
-def test_stalled_server_times_out(site: Site) -> None:
-    site.faults.rules[IMAGE] = "stall"
-    start = time.monotonic()
-    proc = site.fetch(
-        "--release", VERSION, env={"ACL_COMPOSE_READ_TIMEOUT": "1", "ACL_COMPOSE_RETRIES": "0"}
-    )
-    assert time.monotonic() - start < 30
-    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "timed out after 1s")
-
-
-def test_concurrent_fetches_download_once(site: Site) -> None:
-    site.faults.rules[IMAGE] = "slow"
-    base = [
-        sys.executable,
-        "-m",
-        "acl_compose",
-        "--cache-dir",
-        str(site.cache),
-        "--json",
-        "fetch",
-        "--base-url",
-        site.url,
-        "--keyring",
-        str(site.key.public),
-        "--trusted-key",
-        site.key.fingerprint,
-        "--release",
-        VERSION,
-    ]
-    procs = [
-        subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    results = [json.loads(o[0])["artifacts"][1] for o in outs]
-    assert results[0]["path"] == results[1]["path"]
-    assert sorted(r["cached"] for r in results) == [False, True]
-    assert site.faults.gets(IMAGE) == 1
-    assert _sha512(Path(results[0]["path"])) == _sha512(site.vdir / IMAGE)
-
-
-def test_offline_without_cache_fails(site: Site) -> None:
-    proc = site.fetch("--release", VERSION, "--offline")
-    assert proc.returncode == 1
-    assert "not in the cache (--offline)" in proc.stderr and VERSION in proc.stderr
-    assert site.faults.log == []
-
-
-def test_offline_with_cache_makes_no_requests(site: Site) -> None:
-    first = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
-    site.faults.log.clear()
-    again = json.loads(
-        site.fetch("--release", VERSION, "--offline", json_out=True, check=True).stdout
-    )
-    assert site.faults.log == []
-    assert [a["sha512"] for a in again["artifacts"]] == [a["sha512"] for a in first["artifacts"]]
-    assert again["artifacts"][1]["signature"] == first["artifacts"][1]["signature"]
-
-
-def test_tampered_cache_is_rechecked(site: Site) -> None:
-    data = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
-    blob = Path(data["artifacts"][1]["path"]).resolve()
-    os.chmod(blob, 0o644)
-    with open(blob, "r+b") as f:
-        f.seek(1000)
-        f.write(b"X")
-    proc = site.fetch("--release", VERSION, "--offline")
-    assert proc.returncode == 1 and "re-check" in proc.stderr
-    site.faults.log.clear()
-    site.fetch("--release", VERSION, check=True)  # online: fetched again
-    assert site.faults.gets(IMAGE) == 1
-
-
-def test_cache_from_another_trusted_key_not_reused(site: Site, other_key: Key) -> None:
-    site.fetch("--release", VERSION, check=True)
-    proc = site.fetch("--release", VERSION, "--offline", key=other_key)
-    assert proc.returncode == 1 and "not in the cache (--offline)" in proc.stderr
-    # Even an index entry planted under the other key's name is re-checked against its trust.
-    planted = site.cache / "releases" / other_key.fingerprint
-    shutil.copytree(site.cache / "releases" / site.key.fingerprint, planted, symlinks=True)
-    proc = site.fetch("--release", VERSION, "--offline", key=other_key)
-    assert proc.returncode == 1 and "another key" in proc.stderr
 
 
 def test_summary_line_without_a_terminal(site: Site) -> None:
@@ -533,40 +265,6 @@ def test_summary_line_without_a_terminal(site: Site) -> None:
     assert f"SHA512 against DIGESTS and file signature, signed by {site.key.fingerprint}" in strict
     again = site.fetch("--release", VERSION, check=True)
     assert f"verified {IMAGE}: " in again.stderr and again.stderr.rstrip().endswith("(cached)")
-
-
-def test_cache_does_not_depend_on_host_or_port(site: Site, pristine: Path) -> None:
-    """The same signed release served elsewhere (another port, another host name) is a cache
-    hit: offline without any request, online without downloading the image again."""
-    first = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
-    faults = Faults()
-    with serve(site.root, handler=fault_handler(faults)) as other:
-        assert other.url != site.url
-        elsewhere = Site(site.root, other.url.replace("127.0.0.1", "localhost"), faults,
-                         site.key, site.cache)  # fmt: skip
-        offline = elsewhere.fetch("--release", VERSION, "--offline", json_out=True, check=True)
-        assert faults.log == []
-        data = json.loads(offline.stdout)
-        assert [a["sha512"] for a in data["artifacts"]] == [a["sha512"] for a in first["artifacts"]]
-        assert all(a["cached"] for a in data["artifacts"])
-        assert data["artifacts"][1]["url"].startswith(elsewhere.url)  # where it is now
-        online = json.loads(elsewhere.fetch(json_out=True, check=True).stdout)  # `current`
-        assert all(a["cached"] for a in online["artifacts"])
-        assert faults.gets(IMAGE) == 0 and faults.gets(f"{IMAGE}.DIGESTS.sig") == 1
-        # `current` seen on one server is known offline on the other.
-        site.fetch("--offline", check=True)
-
-
-def test_resigned_release_with_the_same_version_is_not_served_stale(site: Site) -> None:
-    """Online, a cached entry is reused only if the server's signed DIGESTS still name it."""
-    site.fetch("--release", VERSION, check=True)
-    image = site.vdir / IMAGE
-    image.write_bytes(bz2.compress(b"rebuilt" * 100000, 1))
-    publish(image, site.key)
-    data = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
-    assert not data["artifacts"][1]["cached"]
-    assert Path(data["artifacts"][1]["path"]).read_bytes() == image.read_bytes()
-    assert data["artifacts"][0]["cached"]  # version.txt did not change
 
 
 def test_local_sdk_directory_and_file_url(site: Site, tmp_path: Path) -> None:
@@ -618,7 +316,7 @@ def test_bad_artifact_name_is_a_usage_error(site: Site) -> None:
         assert proc.returncode == 2 and "Invalid value" in proc.stderr, proc.stderr
 
 
-# -- library: download() and decompress() ---------------------------------------------------
+# -- library: download() ----------------------------------------------------------------------
 def test_download_pinned_sha256(tmp_path: Path, cache_dir: Path) -> None:
     src = tmp_path / "srv"
     src.mkdir()
@@ -644,59 +342,3 @@ def test_download_pinned_sha256(tmp_path: Path, cache_dir: Path) -> None:
         fetch.download(server.url + "x", sha256="abc", cache_dir=cache_dir)
     # Local paths work too.
     assert fetch.download(str(src / "tool.tar.gz"), sha256=digest, cache_dir=cache_dir) == path
-
-
-@pytest.mark.parametrize("use_lbzip2", [True, False])
-def test_decompress_sparse(tmp_path: Path, use_lbzip2: bool) -> None:
-    raw = os.urandom(70_000) + bytes(8 << 20) + b"tail" + bytes(5000)
-    src = tmp_path / "img.bin.bz2"
-    src.write_bytes(bz2.compress(raw, 1))
-    dest = fetch.decompress(src, tmp_path / "img.bin", use_lbzip2=use_lbzip2)
-    assert dest.read_bytes() == raw
-    assert dest.stat().st_blocks * 512 < 1 << 20  # the 8 MiB of zeros are holes
-
-
-def test_sparse_writer_blocks_and_tail(tmp_path: Path) -> None:
-    """Zero blocks anywhere in a chunk (and a ragged tail) become holes; the bytes survive."""
-    from acl_compose.fetch.unpack import BLOCK, CHUNK, SparseWriter
-
-    rnd = os.urandom(BLOCK)
-    pattern = [rnd if i % 3 == 0 else bytes(BLOCK) for i in range(CHUNK // BLOCK)]
-    chunks = [b"".join(pattern), bytes(CHUNK), rnd[:100] + bytes(BLOCK * 3 + 7)]
-    dest = tmp_path / "out"
-    with open(dest, "wb") as f:
-        w = SparseWriter(f.fileno())
-        for c in chunks:
-            buf = bytearray(CHUNK)  # a reused buffer longer than the data, as lbzip2's reader
-            buf[: len(c)] = c
-            w.write(buf, len(c))
-        w.finish()
-    assert dest.read_bytes() == b"".join(chunks)
-    data_blocks = CHUNK // BLOCK // 3 + 1 + 1  # the random blocks, plus the tail's first block
-    assert dest.stat().st_blocks * 512 <= (data_blocks + 2) * BLOCK
-
-
-def test_decompress_corrupt_is_input_error(tmp_path: Path) -> None:
-    src = tmp_path / "bad.bz2"
-    good = bz2.compress(os.urandom(50_000))
-    src.write_bytes(good[:-40] + bytes(40))
-    for use in (True, False):
-        with pytest.raises(InputError, match=str(src)):
-            fetch.decompress(src, tmp_path / "bad.raw", use_lbzip2=use)
-        assert not (tmp_path / "bad.raw").exists()
-
-
-def test_entry_from_before_checks_were_recorded(site: Site) -> None:
-    """Earlier versions checked F.sig on every fetch and recorded its signature only."""
-    site.fetch("--release", VERSION, "--strict", check=True)
-    for meta in site.cache.glob("releases/**/.meta/*.json"):
-        data = json.loads(meta.read_text())
-        data["signature"] = data.pop("file_signature")
-        del data["checks"]
-        meta.write_text(json.dumps(data))
-    site.faults.log.clear()
-    proc = site.fetch("--release", VERSION, "--offline", "--strict", json_out=True, check=True)
-    image = json.loads(proc.stdout)["artifacts"][1]
-    assert image["cached"] and image["checks"][-1] == "file-signature"
-    assert image["file_signature"]["primary_fingerprint"] == site.key.fingerprint
-    assert site.faults.log == []

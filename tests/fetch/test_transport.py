@@ -1,9 +1,16 @@
-"""transport: bodies read once into reusable buffers, with background consumers kept in step."""
+"""transport: bodies read once into reusable buffers, with background consumers kept in step;
+and through `acl-compose fetch` against a faulty loopback server (the `site` fixture,
+tests/fetch/conftest.py): retries, resumed downloads, timeouts, 404s and HTML error pages
+named by URL, and a progress bar only on a terminal."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shlex
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +19,8 @@ import pytest
 from acl_compose.fetch import transport
 from acl_compose.fetch.httpserve import serve
 from acl_compose.fetch.transport import CHUNK, RING, Threaded, Transport
+from tests.fetch.conftest import Site, sha512
+from tests.flatcar_tree import IMAGE, VERSION
 
 
 class _Slow:
@@ -117,3 +126,80 @@ def test_bodies_without_content_length(tmp_path: Path, framing: str) -> None:
     finally:
         t.close()
     assert n == len(data) and bytes(got) == data
+
+
+@pytest.mark.parametrize("json_out", [False, True])
+def test_progress_only_on_a_terminal_without_json(site: Site, json_out: bool) -> None:
+    site.faults.rules[IMAGE] = "slow"
+    argv = [sys.executable, "-m", "acl_compose", "--cache-dir", str(site.cache)]
+    argv += ["--json"] if json_out else []
+    argv += [
+        "fetch",
+        "--base-url",
+        site.url,
+        "--release",
+        VERSION,
+        "--keyring",
+        str(site.key.public),
+        "--trusted-key",
+        site.key.fingerprint,
+    ]
+    # script(1) gives the command a pseudo-terminal, like a user at a shell.
+    proc = subprocess.run(
+        ["script", "-qec", shlex.join(argv), "/dev/null"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert ("MiB/s" in proc.stdout and "ETA" in proc.stdout) is not json_out
+
+
+def test_dropped_connection_resumes_with_range(site: Site) -> None:
+    site.faults.rules[IMAGE] = "drop"
+    data = json.loads(site.fetch("--release", VERSION, json_out=True, check=True).stdout)
+    assert data["artifacts"][1]["sha512"] == sha512(site.vdir / IMAGE)
+    assert site.faults.gets(IMAGE, ranged=False) == 1
+    size = (site.vdir / IMAGE).stat().st_size
+    ranges = [r for p, r in site.faults.log if p.endswith(IMAGE) and r]
+    assert ranges == [f"bytes={size // 2}-"]
+
+
+def test_5xx_is_retried(site: Site) -> None:
+    site.faults.rules[IMAGE] = "503x2"
+    site.fetch("--release", VERSION, check=True)
+    assert site.faults.gets(IMAGE) == 3
+
+
+def test_html_error_page_refused(site: Site) -> None:
+    site.faults.rules[IMAGE] = "html"
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "HTML")
+
+
+def test_html_page_with_binary_content_type_refused(site: Site) -> None:
+    site.faults.rules[IMAGE] = "html-octet"
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "HTML")
+
+
+def test_404_names_the_url(site: Site) -> None:
+    (site.vdir / IMAGE).unlink()
+    proc = site.fetch("--release", VERSION)
+    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "not found")
+
+
+def test_unknown_release_404(site: Site) -> None:
+    proc = site.fetch("--release", "9999.0.0")
+    assert proc.returncode == 1
+    assert f"error: {site.url}9999.0.0/version.txt: not found" in proc.stderr
+
+
+def test_stalled_server_times_out(site: Site) -> None:
+    site.faults.rules[IMAGE] = "stall"
+    start = time.monotonic()
+    proc = site.fetch(
+        "--release", VERSION, env={"ACL_COMPOSE_READ_TIMEOUT": "1", "ACL_COMPOSE_RETRIES": "0"}
+    )
+    assert time.monotonic() - start < 30
+    site.assert_refused(proc, f"{site.url}{VERSION}/{IMAGE}", "timed out after 1s")

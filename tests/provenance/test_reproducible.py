@@ -18,8 +18,8 @@ from acl_compose.image import fs, gpt
 from acl_compose.provenance import check_reproducible, first_difference
 from acl_compose.provenance import reproducible as repro
 from tests.conftest import run_cli
+from tests.ddi_tools import dissect, dissect_with_verity_d
 from tests.fixtures_compose import REPO, write_manifest
-from tests.sysext.test_builder import _dissect, _dissect_with_verity_d
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
 BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
@@ -75,9 +75,9 @@ def test_signatures_still_verify(builds, tmp_path):
     gpt.copy_out(img, gpt.read(img).by_label("OEM"), oem)
     raw = tmp_path / "azure-base.raw"
     raw.write_bytes(fs.btrfs_read_file(oem, "extensions/azure-base/azure-base-1.1.0.raw"))
-    root = next(m for m in _dissect(raw)["mounts"] if m["designator"] == "root")
+    root = next(m for m in dissect(raw)["mounts"] if m["designator"] == "root")
     assert root["verity"] == "signed"
-    copied, log = _dissect_with_verity_d(raw, cert, "azure-base")
+    copied, log = dissect_with_verity_d(raw, cert, "azure-base")
     assert copied or "Userspace PKCS#7 validation succeeded" in log, log
 
 

@@ -14,7 +14,7 @@ import pytest
 from acl_compose import sysext
 from acl_compose.errors import InputError, PolicyError
 from tests.conftest import REPO
-from tests.sysext.test_builder import _extract
+from tests.ddi_tools import extract
 
 
 def _bundle(tmp_path: Path, body: str, files: dict[str, str]) -> Path:
@@ -31,7 +31,7 @@ def _bundle(tmp_path: Path, body: str, files: dict[str, str]) -> Path:
 def test_units_enabled_and_tree_normalized(tmp_path: Path, cache_dir: Path) -> None:
     """`units:` become .wants links; modes are normalized and owners are root in the image."""
     result = sysext.build(REPO / "sysext" / "azure-base", tmp_path / "out", cache_dir=cache_dir)
-    data = _extract(Path(result["path"]), 1, tmp_path / "fs")
+    data = extract(Path(result["path"]), 1, tmp_path / "fs")
     dest = tmp_path / "x"
     subprocess.run(["fsck.erofs", f"--extract={dest}", data], check=True, capture_output=True)
     link = dest / "usr/lib/systemd/system/multi-user.target.wants/azure-base-info.service"
