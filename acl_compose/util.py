@@ -46,6 +46,64 @@ def default_cache_dir() -> Path:
     return Path(base) / "acl-compose"
 
 
+# ----------------------------------------------------------------- temp files and signals
+# Ctrl-C (and SIGTERM, under terminate_as_interrupt) raise wherever Python happens to be. A
+# temp file made by mkstemp before its `try:` is orphaned by one arriving in between, so
+# every temp path is created with those signals held, inside the try that removes it.
+_HELD = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM (those handled in Python, i.e. raising) for the block, then
+    deliver them as it ends. Use inside the `try` that cleans up what the block creates:
+
+        tmp = None
+        try:
+            with signals_held():
+                tmp = make_it()
+            ...
+        except BaseException: remove tmp if not None
+
+    A signal whose handler is SIG_DFL ends the process at once anyway (like SIGKILL)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Python runs handlers in the main thread only: nothing raises here
+        return
+    pending: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    try:
+        for sig in _HELD:
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                previous[sig] = handler  # recorded before the swap: the finally restores it
+                signal.signal(sig, hold)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)  # its real handler runs now (and raises)
+
+
+@contextlib.contextmanager
+def scratch_dir(
+    prefix: str, suffix: str = "", dir: str | os.PathLike[str] | None = None
+) -> Iterator[Path]:
+    """A temp folder for the block, removed however the block ends (Ctrl-C included)."""
+    tmp = None
+    try:
+        with signals_held():
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=dir))
+        yield tmp
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[BinaryIO]:
     """Write `path` via a temp file in the same directory; fsync and rename on success.
@@ -54,8 +112,10 @@ def atomic_file(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Bin
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        with signals_held():  # a Ctrl-C right after mkstemp still finds `tmp` to remove
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -63,8 +123,9 @@ def atomic_file(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[Bin
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
 
 
@@ -81,8 +142,10 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = None
     try:
+        with signals_held():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
         yield tmp
         if final.exists():
             old = final.with_name(f".{final.name}.old")
@@ -93,7 +156,8 @@ def atomic_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         else:
             os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -259,12 +323,9 @@ class OutputDir:
         (stale side files)."""
         parent = self.path.absolute().parent
         parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent))
-        try:
+        with scratch_dir(prefix=f".{self.path.name}.", suffix=".tmp", dir=parent) as tmp:
             yield tmp
             self._commit(tmp, last, remove)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     def _commit(self, staged: Path, last: Sequence[str], remove: Sequence[str]) -> None:
         files = _tree_files(staged)

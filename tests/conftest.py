@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -108,3 +111,62 @@ def cache_dir(tmp_path: Path) -> Path:
     d = tmp_path / "cache"
     d.mkdir()
     return d
+
+
+# ------------------------------------------------------------------ nothing left running
+
+
+def processes_naming(path: str | os.PathLike[str]) -> dict[int, str]:
+    """Live processes (not this one, nor its ancestors) whose command line names `path`:
+    what a test started there and did not stop (a gpg-agent for a GNUPGHOME, a server)."""
+    needle = os.fsencode(path)
+    mine, pid = set(), os.getpid()
+    while pid > 1:  # pytest's own command line may name --basetemp
+        mine.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in mine:
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle in cmdline and state != "Z":
+            found[int(proc.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def stop_left_behind(found: dict[int, str]) -> None:
+    """gpg-agents through gpgconf (they then remove their sockets), the rest by SIGTERM."""
+    import re
+    import signal
+
+    for pid, cmd in found.items():
+        home = re.search(r"gpg-agent .*--homedir (\S+)", cmd)
+        if home:
+            subprocess.run(["gpgconf", "--homedir", home[1], "--kill", "all"], check=False,
+                           capture_output=True)  # fmt: skip
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The session fails if a test leaves a process behind that names pytest's temp folder
+    (e.g. a gpg-agent whose --homedir is a fixture's GNUPGHOME): fixtures stop what they
+    start. Torn down last (autouse, session scope, defined first), after every fixture."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    deadline = time.monotonic() + 10  # a process told to stop may take a moment to go
+    while (found := processes_naming(base)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop_left_behind(found)
+    assert not found, "processes left running by the tests:\n" + "\n".join(
+        f"  {pid}: {cmd}" for pid, cmd in sorted(found.items())
+    )

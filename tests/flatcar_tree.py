@@ -47,6 +47,12 @@ class Key:
             capture_output=True,
         )
 
+    def stop_agent(self) -> None:
+        """Stop the gpg-agent that key generation and signing started for this home (gpg
+        daemonizes it: it outlives the test session unless told to go)."""
+        subprocess.run(["gpgconf", "--homedir", str(self.home), "--kill", "all"], check=True,
+                       capture_output=True)  # fmt: skip
+
     def sign(self, path: Path) -> None:
         """F.sig (binary detached) as Flatcar publishes it."""
         self.gpg("-u", self.fingerprint, "--detach-sign", "-o", f"{path}.sig", path)
@@ -57,7 +63,10 @@ class Key:
 
 
 def make_key(home: Path, uid: str) -> Key:
-    """An ed25519 certify-only primary key with a signing subkey (like Flatcar's layout)."""
+    """An ed25519 certify-only primary key with a signing subkey (like Flatcar's layout).
+
+    Its secret key lives in a gpg-agent started for `home`: call key.stop_agent() when done
+    (fixtures: yield the key, then stop it)."""
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     key = Key(home, "", "", home / "public.asc")

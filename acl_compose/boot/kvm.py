@@ -10,12 +10,12 @@ import contextlib
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 from acl_compose.errors import InputError
 from acl_compose.run import kill_group, require, set_pdeathsig
 from acl_compose.ui import warn
+from acl_compose.util import scratch_dir
 
 ACCELS = ("auto", "kvm", "tcg")
 PROBE_EXIT = 0x2A
@@ -58,7 +58,7 @@ def kvm_usable(cache_dir: Path | None = None, timeout: float = 5.0) -> tuple[boo
             data = json.loads(cache.read_text())
             return bool(data["usable"]), str(data["reason"])
     qemu = require("qemu-system-x86_64")
-    with tempfile.TemporaryDirectory(prefix="acl-kvm-probe-") as tmp:
+    with scratch_dir(prefix="acl-kvm-probe-") as tmp:
         rom = Path(tmp) / "probe.bin"
         _probe_payload(rom)
         argv = [qemu, "-accel", "kvm", "-bios", str(rom), "-display", "none", "-nodefaults"]

@@ -42,6 +42,7 @@ from acl_compose.errors import AclComposeError, InputError, ToolError
 from acl_compose.image.bootfiles import kernel_boot_files
 from acl_compose.run import kill_group, require, run, set_pdeathsig
 from acl_compose.ui import info, opt, warn
+from acl_compose.util import signals_held
 
 log = logging.getLogger("acl_compose")
 
@@ -209,7 +210,8 @@ class VM:
     def start(self) -> None:
         """Prepare the overlay, firmware, key and config, and launch QEMU (does not wait)."""
         self._install_sigterm()
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"acl-{self.name}-"))
+        with signals_held():  # a Ctrl-C right after mkdtemp still finds the folder (stop())
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"acl-{self.name}-"))
         if self.console_log is None:
             self.console_log = self.workdir / "console.log"
         self.accel = choose_accel(self.accel_request, self.cache_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -13,7 +12,7 @@ import click
 from acl_compose import ignition
 from acl_compose.ignition import IgnitionError, Locator
 from acl_compose.ui import App, pass_app, warn
-from acl_compose.util import atomic_write, refuse_overwriting_inputs
+from acl_compose.util import atomic_write, refuse_overwriting_inputs, scratch_dir
 
 T = TypeVar("T")
 
@@ -102,7 +101,7 @@ def _validate_one(path: Path, files_dir: Path | None, hints: list[str]) -> dict[
     if ignition.is_json(path, path.read_text()):
         iv = ignition.run_ignition_validate(path)
     else:  # check what render would write
-        with tempfile.TemporaryDirectory(prefix="acl-ign-") as tmp:
+        with scratch_dir(prefix="acl-ign-") as tmp:
             rendered = Path(tmp, "rendered.ign")
             rendered.write_text(ignition.dumps(config))
             iv = ignition.run_ignition_validate(rendered)

@@ -87,11 +87,12 @@ def serve_cmd(app: App, directory: Path, port: int, bind: str) -> None:
     from acl_compose.fetch import serve
 
     with serve(directory, bind, port) as server:
-        app.emit(
-            {"url": server.url, "directory": str(directory)}, f"serving {directory} at {server.url}"
-        )
-        click.echo("press Ctrl-C to stop", err=True)
-        try:
+        try:  # once the URL is out, Ctrl-C is how one stops: wherever it lands, exit 0
+            app.emit(
+                {"url": server.url, "directory": str(directory)},
+                f"serving {directory} at {server.url}",
+            )
+            click.echo("press Ctrl-C to stop", err=True)
             threading.Event().wait()
         except KeyboardInterrupt:
             pass

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,6 +24,7 @@ from acl_compose.compose.placement import ETC_EXTENSIONS, OEM_EXTENSIONS, OEM_MO
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.image import firmware, fs, gpt, usr
 from acl_compose.run import run
+from acl_compose.util import scratch_dir
 
 QCOW2_MAGIC = b"QFI\xfb"
 
@@ -289,7 +289,7 @@ def inspect_image(
     path: str | os.PathLike[str], board: str = "amd64-usr", verify_usr: bool = True
 ) -> dict[str, Any]:
     """Everything `inspect` reports, as a JSON-able dict."""
-    with tempfile.TemporaryDirectory(prefix="acl-inspect-", dir=os.environ.get("TMPDIR")) as tmpd:
+    with scratch_dir(prefix="acl-inspect-", dir=os.environ.get("TMPDIR")) as tmpd:
         work = Path(tmpd)
         with raw_view(path, work) as img:
             disk = gpt.read(img)

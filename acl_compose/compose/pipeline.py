@@ -459,8 +459,11 @@ def _build_cached(st: State, src: Path, out: Path, passphrase: bytes | None) -> 
     cdir.mkdir(parents=True, exist_ok=True)
     built = Path(info["path"])
     tmp = cdir / f".{built.name}.{os.getpid()}.tmp"
-    shutil.copyfile(built, tmp)
-    os.replace(tmp, cdir / built.name)
+    try:  # Ctrl-C mid-copy must not leave the half copy in the cache
+        shutil.copyfile(built, tmp)
+        os.replace(tmp, cdir / built.name)
+    finally:
+        tmp.unlink(missing_ok=True)
     meta = {k: str(v) if isinstance(v, Path) else v for k, v in info.items()}
     util.atomic_write(record, json.dumps(meta).encode())
     return info

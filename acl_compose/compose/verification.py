@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from acl_compose.compose.inspect import (
 )
 from acl_compose.errors import AclComposeError, InputError, VerificationError
 from acl_compose.image import gpt, outputs, sparse, usr
+from acl_compose.util import scratch_dir
 
 
 @dataclass
@@ -90,7 +90,7 @@ def verify_release(out_dir: str | os.PathLike[str], cert_path: str | os.PathLike
         rep.add("disk image", False, "no output image to check sysexts and /usr in")
         return rep
     # Look inside even when the image's checksum failed: the report then names what broke.
-    with tempfile.TemporaryDirectory(prefix="acl-verify-") as tmpd:
+    with scratch_dir(prefix="acl-verify-") as tmpd:
         work = Path(tmpd)
         with raw_view(disk_file, work) as img:
             base = _check_disk(rep, release, img, work, _pem(cert))

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from acl_compose.util import atomic_write, hash_file
+from acl_compose.util import atomic_write, hash_file, signals_held
 
 
 def _component(text: str) -> str:
@@ -59,13 +59,16 @@ class Cache:
         """An open temp file in the cache; removed unless the caller moved it away."""
         tmp_dir = self.root / "tmp"
         tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".part", dir=tmp_dir)
+        tmp = None
         try:
+            with signals_held():  # a Ctrl-C right after mkstemp still finds `tmp` to remove
+                fd, tmp = tempfile.mkstemp(prefix=f"{name}.", suffix=".part", dir=tmp_dir)
             with os.fdopen(fd, "wb") as f:
                 yield Path(tmp), f
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            if tmp is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
 
     # -- content-addressed blobs ------------------------------------------------------
     def blob_path(self, sha512: str) -> Path:

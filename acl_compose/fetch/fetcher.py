@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,7 @@ from acl_compose.fetch.release import (
 from acl_compose.fetch.transport import NotFound, Settings, Threaded, Transport
 from acl_compose.trust import gpg
 from acl_compose.ui import opt
-from acl_compose.util import OutputDir
+from acl_compose.util import OutputDir, scratch_dir
 
 _HEX_LEN = {"MD5": 32, "SHA1": 40, "SHA256": 64, "SHA512": 128}
 # Writes of 64 KiB: ext4 sizes page-cache folios by the write, and 1 MiB ones come from free
@@ -253,7 +252,7 @@ class Fetcher:
             ) from e
 
     def _verify_bytes(self, sig: bytes, data: bytes, what: str) -> gpg.Signature:
-        with tempfile.TemporaryDirectory(prefix="acl-sig-") as tmp:
+        with scratch_dir(prefix="acl-sig-") as tmp:
             (Path(tmp) / "sig").write_bytes(sig)
             (Path(tmp) / "data").write_bytes(data)
             return self.trust.verify_file(Path(tmp) / "sig", Path(tmp) / "data", what)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import lzma
 import os
-import tempfile
 from pathlib import Path
 
 from acl_compose.errors import ToolError
 from acl_compose.run import run
+from acl_compose.util import scratch_dir
 
 GRUB_PC = Path("/usr/lib/grub/i386-pc")
 BIOS_SETUP = GRUB_PC / "grub-bios-setup"  # Debian's grub-pc-bin keeps it out of PATH
@@ -85,7 +85,7 @@ def install(image: Path, core: Path) -> bytes:
         'exec "$0" --device-map=/dev/null --directory="$2" "$1"'
     )
     userns = [] if os.geteuid() == 0 else ["--map-root-user"]
-    with tempfile.TemporaryDirectory(prefix="acl-grub-pc-") as mountpoint:
+    with scratch_dir(prefix="acl-grub-pc-") as mountpoint:
         run(
             ["unshare", *userns, "--mount", "--propagation", "private", "--",
              "sh", "-c", script, BIOS_SETUP, image, mountpoint, GRUB_PC / "boot.img", core],

@@ -12,13 +12,13 @@ while the ESP has flatcar/first_boot, and the serial console.
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from acl_compose.errors import InputError
 from acl_compose.image import fs, gpt
 from acl_compose.image.osrelease import parse_os_release
+from acl_compose.util import scratch_dir
 
 USR_A_PARTUUID = "7130c94a-213a-4e5a-8e26-6cce9662f132"  # grub.cfg: vmlinuz-a, else vmlinuz-b
 HASH_OFFSETS = {"amd64-usr": 64, "arm64-usr": 512}
@@ -75,7 +75,7 @@ def _oem_settings(image: Path, disk: gpt.Disk) -> dict[str, str]:
         oem = disk.by_label("OEM")
     except InputError:
         return {}
-    with tempfile.TemporaryDirectory(prefix="acl-oem-") as tmp:
+    with scratch_dir(prefix="acl-oem-") as tmp:
         part = Path(tmp) / "oem.img"
         gpt.copy_out(image, oem, part)
         if fs.btrfs_info(part) is None:
@@ -98,7 +98,7 @@ def flatcar_boot_spec(image: str | Path, board: str = "amd64-usr") -> BootSpec:
     kernel = f"/flatcar/vmlinuz-{suffix}"
     listing = {n.rsplit("/", 1)[-1].lower() for n in fs.fat_list(image, esp.offset, "/flatcar")}
     initrd = f"/flatcar/initrd-{suffix}" if f"initrd-{suffix}" in listing else None
-    with tempfile.TemporaryDirectory(prefix="acl-esp-") as tmp:
+    with scratch_dir(prefix="acl-esp-") as tmp:
         fs.fat_copy(image, esp.offset, kernel, Path(tmp) / "vmlinuz")
         off = HASH_OFFSETS.get(board, 64)
         with open(Path(tmp) / "vmlinuz", "rb") as f:

@@ -36,6 +36,7 @@ from acl_compose import ui
 from acl_compose.errors import InputError, ToolError
 from acl_compose.image.btrfs import CSUM_CRC32C, Filesystem, crc32c_raw
 from acl_compose.run import run
+from acl_compose.util import signals_held
 
 SUPER_OFFSETS = (0x10000, 0x4000000, 0x4000000000)  # primary, mirrors at 64 MiB and 256 GiB
 MAGIC = b"_BHRfS_M"
@@ -75,8 +76,10 @@ def mkfs_canonical(src_dir: Path, mkfs_argv: list[str], out: Path, work: Path) -
     Returns False (after building from `src_dir` directly) where that cannot be done here:
     no private mount namespace, or tmpfs without user xattrs for a tree that has them.
     """
-    mnt = Path(tempfile.mkdtemp(prefix=".btrfs-stage-", dir=work))
+    mnt = None
     try:
+        with signals_held():  # a Ctrl-C right after mkdtemp still finds `mnt` to remove
+            mnt = Path(tempfile.mkdtemp(prefix=".btrfs-stage-", dir=work))
         ns = ["unshare", "--mount", "--propagation", "private"]
         if os.geteuid() != 0:
             ns.insert(1, "--map-root-user")
@@ -99,7 +102,8 @@ def mkfs_canonical(src_dir: Path, mkfs_argv: list[str], out: Path, work: Path) -
         run([*_userns(), *mkfs_argv, "-r", str(src_dir), str(out)])
         return False
     finally:
-        shutil.rmtree(mnt, ignore_errors=True)
+        if mnt is not None:
+            shutil.rmtree(mnt, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- pinning

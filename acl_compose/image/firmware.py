@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from acl_compose.errors import AclComposeError, InputError
 from acl_compose.image import fs, gpt
 from acl_compose.run import run
 from acl_compose.ui import opt
+from acl_compose.util import scratch_dir
 
 SECTOR = 512
 BOOT_CODE_END = 440  # MBR boot code; the disk signature and partition table follow
@@ -212,7 +212,7 @@ def _view(image: str | os.PathLike[str]) -> Iterator[tuple[DiskView, gpt.Disk | 
     path = Path(image)
     if not path.is_file():
         raise InputError(f"{path}: image not found", hint="pass a disk image file")
-    with tempfile.TemporaryDirectory(prefix="acl-firmware-") as tmp:
+    with scratch_dir(prefix="acl-firmware-") as tmp:
         view = DiskView(path, Path(tmp))
         view.need(0, HEAD)
         try:

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from acl_compose.errors import InputError, ToolError
 from acl_compose.image import gpt
 from acl_compose.run import run
+from acl_compose.util import scratch_dir
 
 BTRFS_SUPER_OFFSET = 0x10000
 BTRFS_MAGIC = b"_BHRfS_M"
@@ -284,7 +285,7 @@ def btrfs_read_file(part: str | os.PathLike[str], path: str) -> bytes | None:
         + ")" * len(pieces[:-1])
         + ")$"
     )
-    with tempfile.TemporaryDirectory(prefix="acl-btrfs-") as tmp:
+    with scratch_dir(prefix="acl-btrfs-") as tmp:
         btrfs_restore(part, tmp, regex)
         target = Path(tmp, rel)
         if target.is_symlink():

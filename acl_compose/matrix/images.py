@@ -190,8 +190,11 @@ def _fetch_release(url: str, want: str | None, cache: Path, signed: bool) -> Pat
     if not link.exists():
         tmp = d / f".{out['file']}.tmp"
         tmp.unlink(missing_ok=True)
-        os.symlink(blob, tmp)
-        os.replace(tmp, link)
+        try:
+            os.symlink(blob, tmp)
+            os.replace(tmp, link)
+        finally:
+            tmp.unlink(missing_ok=True)
     return d
 
 

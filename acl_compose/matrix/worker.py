@@ -28,7 +28,7 @@ from typing import Any
 from acl_compose.errors import AclComposeError, FetchError
 from acl_compose.matrix import cellproc
 from acl_compose.run import set_pdeathsig
-from acl_compose.util import default_cache_dir, safe_join
+from acl_compose.util import default_cache_dir, safe_join, signals_held
 
 TOPIC = "acl-matrix"
 CONSOLE_TAIL = 256 * 1024
@@ -113,9 +113,11 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
     ident = {"cell": task["cell"], "attempt": task["attempt"], "run_id": task["run_id"]}
     info = _worker_info()
     _event({"event": "start", **ident, **info, "time": time.time()})
-    tmp = Path(tempfile.mkdtemp(prefix="acl-cell-"))
     start, started_at = time.monotonic(), time.time()
+    tmp = None
     try:
+        with signals_held():  # a Ctrl-C right after mkdtemp still finds `tmp` to remove
+            tmp = Path(tempfile.mkdtemp(prefix="acl-cell-"))
         result = _attempt(task, tmp)
     except AclComposeError as e:
         kind = "infra" if isinstance(e, FetchError) else "error"
@@ -127,7 +129,8 @@ def run_cell(task: dict[str, Any]) -> dict[str, Any]:
             "cell_log": traceback.format_exc(),
         }
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     result.update(seconds=time.monotonic() - start, started_at=started_at, finished_at=time.time())
     return {**ident, **info, **result}
 

@@ -24,6 +24,7 @@ from acl_compose import ui
 from acl_compose.compose import RELEASE_LAST, Manifest, compose, release_output
 from acl_compose.errors import AclComposeError, VerificationError
 from acl_compose.image import gpt, sparse
+from acl_compose.util import signals_held
 
 CHUNK = 1 << 20
 SHARED_CACHE = ("blobs", "releases")  # fetch's verified downloads and their index
@@ -126,9 +127,11 @@ def check_reproducible(
     if not os.environ.get("SOURCE_DATE_EPOCH") and manifest.source_date_epoch is None:
         manifest.source_date_epoch = int(time.time())
         ui.info(f"SOURCE_DATE_EPOCH not set: both builds use {manifest.source_date_epoch}")
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.repro-", dir=out_dir.parent))
+    work: Path | None = None
     keep = False
     try:
+        with signals_held():  # a Ctrl-C right after mkdtemp still finds `work` to remove
+            work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.repro-", dir=out_dir.parent))
         releases = []
         for label in ("a", "b"):
             cache = work / f"cache-{label}"
@@ -154,5 +157,5 @@ def check_reproducible(
                 os.replace(p, tmp / p.name)
         return {**releases[0], "reproducible": {"builds": 2, "files": files}}
     finally:
-        if not keep:
+        if work is not None and not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -14,13 +14,13 @@ import hashlib
 import json
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from acl_compose.compose.inspect import all_sysexts, check_sysext, raw_view, read_oem
 from acl_compose.errors import AclComposeError, InputError
 from acl_compose.image import fs, gpt, usr
+from acl_compose.util import scratch_dir
 
 UNIT_DIR = "/usr/lib/systemd/system/"
 _UNIT_RE = re.compile(r"\.(service|socket|timer|path|target|mount)$")
@@ -175,7 +175,7 @@ def _image(path: Path) -> dict[str, Any]:
                                                        "size": path.stat().st_size}},
         "signer": None, "_disk": str(path),
     }  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="acl-diff-") as tmp:
+    with scratch_dir(prefix="acl-diff-") as tmp:
         work = Path(tmp)
         with raw_view(path, work) as img:
             disk = usr.require_disk(img)
@@ -255,7 +255,7 @@ def fill_from_disk(snap: dict[str, Any], need_files: bool) -> None:
     disk_file = snap.get("_disk")
     if snap["kind"] != "release" or not disk_file or "ignition" in snap:
         return
-    with tempfile.TemporaryDirectory(prefix="acl-diff-") as tmp:
+    with scratch_dir(prefix="acl-diff-") as tmp:
         work = Path(tmp)
         with raw_view(disk_file, work) as img:
             disk = usr.require_disk(img)

@@ -12,7 +12,6 @@ import configparser
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from acl_compose.sysext.bundle import (
     _source_path,
 )
 from acl_compose.sysext.policy import walk_sorted
+from acl_compose.util import scratch_dir
 
 
 def assemble(
@@ -111,8 +111,7 @@ def _build_image(
 ) -> None:
     """An `images:` entry: its files assembled apart, packed as an OCI archive into the tree."""
     where = bundle.where(image.line)
-    scratch = Path(tempfile.mkdtemp(prefix=".image-", dir=root.parent))
-    try:
+    with scratch_dir(prefix=".image-", dir=root.parent) as scratch:
         tree = scratch / "rootfs"
         tree.mkdir()
         os.chmod(tree, 0o755)
@@ -132,8 +131,6 @@ def _build_image(
             "files": sources.image_contents(tree, img_records),
         }
         origin[image.path] = where
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _make_parents(root: Path, directory: Path, where: str) -> None:

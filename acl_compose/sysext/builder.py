@@ -39,7 +39,13 @@ from acl_compose.sysext.bundle import (
 from acl_compose.sysext.contents import origin_resolver, record_tree
 from acl_compose.sysext.policy import enforce
 from acl_compose.trust import verity
-from acl_compose.util import OutputDir, atomic_file, default_cache_dir, sha256_file
+from acl_compose.util import (
+    OutputDir,
+    atomic_file,
+    default_cache_dir,
+    sha256_file,
+    signals_held,
+)
 
 CACHE_FORMAT = 4  # bump when the image layout changes, to invalidate cached builds
 
@@ -275,7 +281,7 @@ def _build_unsigned(
         hit = _entry(cache_dir / "sysext" / digest.value() if cache_dir is not None else None)
         if hit is not None:
             return hit
-    work = Path(tempfile.mkdtemp(prefix="build.", dir=scratch))
+    work = Path(tempfile.mkdtemp(prefix="build.", dir=scratch))  # in scratch: removed with it
     # mksquashfs can write straight into a DDI's data slot; mkfs.erofs 1.5 only at offset 0,
     # so an erofs filesystem is copied into the DDI once, in the kernel (ddi.write).
     offset = ddi.DATA_OFFSET if fmt == "ddi" and bundle.filesystem == "squashfs" else 0
@@ -440,10 +446,12 @@ def build(
     digest = _Digest(bundle, extra, cache)  # first: a missing source stops here, nothing made
     # Without a cache, scratch space goes beside the output (it may be large).
     scratch_parent = cache / "sysext" if cache is not None else out_dir.parent / ".acl-sysext-tmp"
-    scratch_parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".sysext-", dir=scratch_parent))
+    scratch: Path | None = None
     built: _Built | None = None
     try:
+        with signals_held():  # a Ctrl-C right after mkdtemp still finds `scratch` to remove
+            scratch_parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=".sysext-", dir=scratch_parent))
         downloads = sources.SourceOptions(
             cache or default_cache_dir(), offline, debian_mirror, progress
         )
@@ -486,7 +494,8 @@ def build(
         digest.wait()
         for thread in built.cleanup if built is not None else []:
             thread.join()
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         if cache is None:
             with contextlib.suppress(OSError):
                 scratch_parent.rmdir()
@@ -504,14 +513,17 @@ def _write_ddi(
     on disk for both. From the cache the extents are copied in the kernel.
     """
     if not built.fresh:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        os.close(fd)
+        tmp = None
         try:
+            with signals_held():  # a Ctrl-C right after mkstemp still finds `tmp` to remove
+                fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            os.close(fd)
             _, sha256 = ddi.write(tmp, built.fs, built.tree, built.root_hash, arch, sig_json)
             os.chmod(tmp, 0o644)
             os.replace(tmp, out)
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
         return sha256
     image = built.directory / "image.ddi"
     if built.fs.path == image:  # already in its slot

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from acl_compose.sysext import ddi
 from acl_compose.sysext.bundle import EXTENSION_RELEASE_DIR
 from acl_compose.trust import verity
 from acl_compose.ui import opt
+from acl_compose.util import scratch_dir
 
 SQUASHFS_MAGIC = b"hsqs"
 EROFS_MAGIC = bytes.fromhex("e2e1f5e0")  # 0xE0F5E1E2 little-endian, at byte 1024
@@ -254,7 +254,7 @@ def check(
     results = []
     for image in images:
         path = Path(image)
-        with tempfile.TemporaryDirectory(prefix="acl-sysext-check.") as work:
+        with scratch_dir(prefix="acl-sysext-check.") as work:
             try:
                 results.append(_check_one(path, base, cert, Path(work)))
             except _Fail as e:

@@ -18,7 +18,6 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from acl_compose.errors import InputError
 from acl_compose.run import run
 from acl_compose.sysext.bundle import Bundle, FileEntry
 from acl_compose.sysext.policy import walk_sorted
+from acl_compose.util import scratch_dir
 
 SQUASHFS_MAGIC = b"hsqs"
 EROFS_MAGIC = b"\xe2\xe1\xf5\xe0"
@@ -124,7 +124,7 @@ def image_contents(image: str | os.PathLike[str], origin: dict[str, Any]) -> lis
     from acl_compose.sysext import ddi
 
     image = Path(image)
-    with tempfile.TemporaryDirectory(prefix="acl-sysext-ls-") as tmp:
+    with scratch_dir(prefix="acl-sysext-ls-") as tmp:
         work = Path(tmp)
         fs = image
         if ddi.is_ddi(image):

@@ -21,7 +21,6 @@ import os
 import posixpath
 import re
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from acl_compose.errors import (
 )
 from acl_compose.run import run
 from acl_compose.ui import opt
+from acl_compose.util import scratch_dir
 
 if TYPE_CHECKING:
     from acl_compose.sysext.bundle import Bundle, FileEntry
@@ -435,8 +435,7 @@ def place(
     sel = _Target(entry, where, o.get("extract", ""), is_deb, o.get("include", []),
                   o.get("exclude", []))  # fmt: skip
     label = f"{where}: {describe(rec)}"
-    scratch = Path(tempfile.mkdtemp(prefix=".unpack-", dir=root.parent))
-    try:
+    with scratch_dir(prefix=".unpack-", dir=root.parent) as scratch:
         with _open_verified(blob, rec["sha256"], label) as reader:
             with contextlib.ExitStack() as stack:
                 packed: IO[bytes] = reader  # type: ignore[assignment]
@@ -444,8 +443,6 @@ def place(
                     packed = stack.enter_context(_deb_data(reader, label))
                 tar = stack.enter_context(_tar_source(packed, scratch))
                 placed = _extract_tar(tar, sel, root, rec, origin, records, label)
-    finally:
-        _rmtree(scratch)
     if not placed:
         what = f"member {o['extract']!r}" if o.get("extract") else "any file"
         raise _err(where, f"{describe(rec)} has no {what} that include/exclude keep")
@@ -525,12 +522,6 @@ def _extract_tar(
     if unused:
         raise _err(sel.where, f"{describe(rec)}: include pattern {unused[0]} matches nothing")
     return placed
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- origins for the SBOM

@@ -22,6 +22,7 @@ from typing import IO
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.run import require, run
 from acl_compose.ui import opt
+from acl_compose.util import scratch_dir, signals_held
 
 FLATCAR_FINGERPRINT = "F88CFEDEFF29A5B4D9523864E25D9AED0593B34A"
 FLATCAR_KEY_URL = "https://www.flatcar.org/security/image-signing-key/Flatcar_Image_Signing_Key.asc"
@@ -63,12 +64,13 @@ def _gnupg_env(home: Path) -> dict[str, str]:
 
 def key_fingerprints(key_file: str | os.PathLike[str]) -> list[str]:
     """Primary fingerprints of the keys in an armored or binary key file (imports nothing)."""
-    with tempfile.TemporaryDirectory(prefix="acl-gpg-") as home:
+    with scratch_dir(prefix="acl-gpg-") as home:
         os.chmod(home, 0o700)
         proc = run(
             [
                 "gpg",
                 "--batch",
+                "--no-autostart",  # reading public keys needs no gpg-agent: none is left behind
                 "--with-colons",
                 "--import-options",
                 "show-only",
@@ -117,8 +119,10 @@ class Trust:
                 hint="use the right key file, or pin its fingerprint with "
                 f"{opt('--trusted-key', 'the trusted key setting')} if you trust it",
             )
-        self._home = Path(tempfile.mkdtemp(prefix="acl-gpgv-"))
+        self._home: Path | None = None
         try:
+            with signals_held():  # a Ctrl-C right after mkdtemp still finds the folder
+                self._home = Path(tempfile.mkdtemp(prefix="acl-gpgv-"))
             os.chmod(self._home, 0o700)
             env = _gnupg_env(self._home)
             # --no-autostart: public keys need no gpg-agent, so none is spawned (and left
@@ -133,7 +137,8 @@ class Trust:
             raise
 
     def close(self) -> None:
-        shutil.rmtree(self._home, ignore_errors=True)
+        if self._home is not None:
+            shutil.rmtree(self._home, ignore_errors=True)
 
     def __enter__(self) -> Trust:
         return self
@@ -160,7 +165,7 @@ class Trust:
 
     def verify_clearsigned(self, signed: bytes, what: str) -> tuple[bytes, Signature]:
         """Check a clearsigned (armored) message; return the signed text and signature."""
-        with tempfile.TemporaryDirectory(prefix="acl-gpgv-") as tmp:
+        with scratch_dir(prefix="acl-gpgv-") as tmp:
             src, out = Path(tmp) / "msg.asc", Path(tmp) / "msg"
             src.write_bytes(signed)
             proc = run(

@@ -35,6 +35,7 @@ from acl_compose.trust.verity_tree import (
     write_tree,
 )
 from acl_compose.ui import opt
+from acl_compose.util import signals_held
 
 __all__ = [
     "RootHashMismatch",
@@ -351,8 +352,12 @@ def _create_separate(
     if hash_path.is_dir():
         raise InputError(f"hash file {hash_path} is a directory")
     hash_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{hash_path.name}.", suffix=".tmp", dir=hash_path.parent)
+    fd, tmp = -1, None
     try:
+        with signals_held():  # a Ctrl-C right after mkstemp still finds `tmp` to remove
+            fd, tmp = tempfile.mkstemp(
+                prefix=f".{hash_path.name}.", suffix=".tmp", dir=hash_path.parent
+            )
         if lay.hash_offset and hash_path.exists():
             # veritysetup writes into the existing file: keep what precedes the hash area.
             with open(hash_path, "rb") as src, os.fdopen(os.dup(fd), "wb") as dst:
@@ -366,8 +371,9 @@ def _create_separate(
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         raise
     return root
 

@@ -162,6 +162,7 @@ def make_big_tree(work: Path, size_mib: int):
     # gpgv wants a binary keyring; made once, outside the timings.
     keyring = work / "trusted.gpg"
     keyring.write_bytes(key.gpg("--export", key.fingerprint).stdout)
+    key.stop_agent()  # nothing is signed after this (gpg would start it again if it were)
     return key, tree, vdir, keyring
 
 

@@ -12,6 +12,7 @@ test_placement.py and test_release_dir.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -265,27 +266,68 @@ def test_testbed_altered_usr_refused(composed_release, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_kill_leaves_no_output(mini_release, tmp_path):
-    """SIGTERM mid-compose: exit 130, no OUT_DIR and no temporary directory left behind."""
+@pytest.mark.parametrize(
+    "step", ["decompress the base", "verify the base /usr", "build and check", "bake"]
+)
+def test_kill_leaves_no_output(mini_release, tmp_path, step):
+    """SIGTERM mid-compose, in each of these steps: exit 130, no OUT_DIR and no temporary
+    file or folder left behind, in the cache neither.
+
+    No sleeping: the step's first line on stderr is the cue, and the test then fills the
+    stderr pipe, so compose blocks at its next line at the latest and cannot finish (or
+    leave the step) before the signal lands, however loaded the machine."""
     import signal
     import sys
 
     out = tmp_path / "out"
+    r, w = os.pipe()
     proc = subprocess.Popen(
         [sys.executable, "-m", "acl_compose", "--cache-dir", str(tmp_path / "cache"), "compose",
          str(mini_release["manifest"]), "-o", str(out)],
-        stderr=subprocess.PIPE, text=True,
+        stderr=w,
     )  # fmt: skip
-    for line in proc.stderr:
-        if "decompress the base" in line:  # the work image is being written now
+    with os.fdopen(r, "rb", buffering=0) as err:
+        try:
+            lines = iter(err.readline, b"")
+            if not any(line.startswith(f"» {step}".encode()) for line in lines):
+                raise AssertionError(f"compose never started {step!r}")
+            os.set_blocking(w, False)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(w, b"\0" * 4096)
             proc.send_signal(signal.SIGTERM)
-            break
-    rest = proc.stderr.read()
+        finally:
+            os.close(w)
+        rest = err.read().replace(b"\0", b"").decode()  # unblocks compose
     assert proc.wait(timeout=60) == 130, rest
     assert "error: interrupted" in rest
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "cache"] == []
-    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # nor in the cache
+    left = [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".")]
+    left += [p for p in (tmp_path / "cache").rglob("*") if p.name.endswith((".tmp", ".part"))]
+    assert not left  # no temp file, no scratch folder
+
+
+def test_interrupt_while_caching_a_sysext_leaves_no_half_copy(mini_release, tmp_path, monkeypatch):
+    """Ctrl-C while the built sysext is copied into compose's cache (deterministic: raised as
+    the copy ends): the `.NAME.PID.tmp` copy goes with it (it stayed in the cache before)."""
+    from acl_compose.compose import compose as compose_in_process
+    from acl_compose.compose import load_manifest
+
+    real = shutil.copyfile
+
+    def copy_then_interrupt(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        if str(dst).endswith(".tmp"):
+            raise KeyboardInterrupt
+        return dst
+
+    monkeypatch.setattr(shutil, "copyfile", copy_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        compose_in_process(load_manifest(mini_release["manifest"]), tmp_path / "out",
+                           tmp_path / "cache")  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_prebuilt_sysext_and_qcow2_only(mini_flatcar, release_key, tmp_path):

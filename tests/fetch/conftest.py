@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +24,17 @@ FAST = {"ACL_COMPOSE_BACKOFF": "0.05", "ACL_COMPOSE_RETRIES": "3"}
 
 
 @pytest.fixture(scope="session")
-def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    return make_key(tmp_path_factory.mktemp("gnupg-release"), "Test Release <rel@example.org>")
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
+    k = make_key(tmp_path_factory.mktemp("gnupg-release"), "Test Release <rel@example.org>")
+    yield k
+    k.stop_agent()
 
 
 @pytest.fixture(scope="session")
-def other_key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    return make_key(tmp_path_factory.mktemp("gnupg-other"), "Mallory <m@example.org>")
+def other_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
+    k = make_key(tmp_path_factory.mktemp("gnupg-other"), "Mallory <m@example.org>")
+    yield k
+    k.stop_agent()
 
 
 @pytest.fixture(scope="session")

@@ -266,6 +266,58 @@ def test_serve_serves_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             proc.wait()
 
 
+def test_serve_ctrl_c_right_after_the_url_still_exits_0(tmp_path: Path) -> None:
+    """Ctrl-C as soon as the URL is printed, while serve still writes its stderr line: the
+    stderr pipe is full, so that write blocks until the signal has landed (deterministic).
+    Once the URL is out the server is up, and Ctrl-C is how it stops: exit 0 (it was 130
+    when the signal beat serve to its `try`, the flaky case under load)."""
+    import fcntl
+    import select
+    import threading
+
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    os.set_blocking(w, False)
+    while True:
+        try:
+            os.write(w, b"x")
+        except BlockingIOError:
+            break
+    os.set_blocking(w, True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acl_compose", "testbed", "serve", tmp_path, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=w, text=True, cwd=REPO,
+    )  # fmt: skip
+    os.close(w)
+    drained: list[bytes] = []
+    drain = threading.Thread(target=lambda: drained.append(_read_all(r)), daemon=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "serve printed no URL (blocked on a stderr write before it?)"
+        assert "http://" in proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        drain.start()  # only now may the blocked stderr write go on
+        code = proc.wait(timeout=30)
+        drain.join(timeout=10)
+        assert code == 0, b"".join(drained)[4096:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if drain.ident is None:  # never started: the read end is still ours to close
+            os.close(r)
+        drain.join(timeout=10)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
 # --- integration: the built release -------------------------------------------------------------
 
 

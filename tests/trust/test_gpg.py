@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,17 @@ from tests.flatcar_tree import IMAGE, VERSION, Key, make_key, make_tree
 
 
 @pytest.fixture(scope="module")
-def key(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    return make_key(tmp_path_factory.mktemp("gnupg-gpgtest"), "Gpg Test <g@example.org>")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
+    k = make_key(tmp_path_factory.mktemp("gnupg-gpgtest"), "Gpg Test <g@example.org>")
+    yield k
+    k.stop_agent()
 
 
 @pytest.fixture(scope="module")
-def mallory(tmp_path_factory: pytest.TempPathFactory) -> Key:
-    return make_key(tmp_path_factory.mktemp("gnupg-mallory"), "Mallory <m@example.org>")
+def mallory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
+    k = make_key(tmp_path_factory.mktemp("gnupg-mallory"), "Mallory <m@example.org>")
+    yield k
+    k.stop_agent()
 
 
 def _v4_fingerprint(armored: str) -> str:
@@ -236,3 +241,31 @@ def test_cli_default_trust_refuses_other_signers(
         IMAGE,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_reading_keys_starts_no_gpg_agent(
+    key: Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gpg starts a gpg-agent for a secret key even with --import-options show-only (an agent
+    that lingers until it notices its home is gone). key_fingerprints and Trust pass
+    --no-autostart: no agent at all. The private homes are kept here to look for one."""
+    import shutil
+    import tempfile
+
+    from tests.conftest import processes_naming, stop_left_behind
+
+    secret = tmp_path / "secret.asc"
+    secret.write_bytes(key.gpg("--armor", "--export-secret-keys", key.fingerprint).stdout)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the private homes go here...
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)  # ...and stay
+    try:
+        gpg.key_fingerprints(secret)  # a secret key given as the keyring (by mistake)
+        assert gpg.key_fingerprints(key.public) == [key.fingerprint]
+        with gpg.Trust(key.public, key.fingerprint):
+            pass
+        homes = [p.name for p in tmp_path.iterdir() if p.name.startswith("acl-gpg")]
+        assert len(homes) == 4  # two above, and Trust: its key check and its keyring
+        assert processes_naming(tmp_path) == {}
+        assert not list(tmp_path.rglob("S.gpg-agent*"))
+    finally:
+        stop_left_behind(processes_naming(tmp_path))
