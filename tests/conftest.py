@@ -136,7 +136,9 @@ def processes_naming(path: str | os.PathLike[str]) -> dict[int, str]:
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if needle in cmdline and state != "Z":
+        # The folder itself or below it: pytest-1 must not match another session's pytest-12.
+        named = needle + b"/" in cmdline or needle + b"\0" in cmdline or cmdline.endswith(needle)
+        if named and state != "Z":
             found[int(proc.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return found
 
