@@ -165,9 +165,11 @@ def write(
             hasher.join()
             raise
         follow.advance(p.total)  # the rest of the slot is the zeros ftruncate left
-        if copied is not None:
-            copied()
-        hasher.join()
+        try:
+            if copied is not None:
+                copied()
+        finally:
+            hasher.join()  # before the fd closes, whatever copied() did
         return disk, follow.hexdigest()
     finally:
         os.close(fd)

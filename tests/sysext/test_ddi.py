@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from acl_compose.errors import InputError
 from acl_compose.image import gpt
 from acl_compose.sysext import ddi
 from acl_compose.trust import verity
@@ -48,6 +51,43 @@ def test_write_around_equals_write(tmp_path: Path, fs_and_tree, signed: bool) ->
     with open(around, "rb") as f:
         f.seek(data.offset)
         assert f.read(fs.stat().st_size) == fs.read_bytes()
+
+
+def test_copy_and_hash_across_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem of several copy windows, read from inside another file: the hash follows
+    the copy window by window (a slow copy is waited for, never hashed ahead of), `copied`
+    runs once the source is no longer read (it may be removed then), and the sha256 is the
+    file's; a failing copy leaves no hasher waiting."""
+    real_copy = ddi.copy_extent
+
+    def slow_copy(src: ddi.Extent, fd: int, dst_offset: int) -> None:
+        time.sleep(0.05)  # far longer than hashing a window: a hasher running ahead reads zeros
+        real_copy(src, fd, dst_offset)
+
+    monkeypatch.setattr(ddi, "copy_extent", slow_copy)
+    size = 2 * ddi.WINDOW + 12288  # two whole windows and a short one
+    src = tmp_path / "src.bin"
+    payload = os.urandom(size)
+    src.write_bytes(os.urandom(8192) + payload)
+    tree = tmp_path / "tree"
+    tree.write_bytes(os.urandom(16384))
+    calls = []
+
+    def copied() -> None:
+        calls.append(1)
+        src.unlink()  # what the builder does with its scratch image
+
+    out = tmp_path / "out.raw"
+    disk, sha = ddi.write(out, ddi.Extent(src, 8192, size), tree, ROOT, "x86-64", None, copied)
+    assert calls == [1] and not src.exists()
+    assert sha == hashlib.sha256(out.read_bytes()).hexdigest()
+    with open(out, "rb") as f:
+        f.seek(disk.by_number(1).offset)
+        assert f.read(size) == payload
+    before = set(threading.enumerate())
+    with pytest.raises(InputError, match="shorter than expected"):  # a source shorter than said
+        ddi.write(tmp_path / "short.raw", ddi.Extent(tree, 0, 3 * ddi.WINDOW), tree, ROOT, "x86-64")
+    assert set(threading.enumerate()) <= before  # no hasher left waiting
 
 
 def test_extents_copy_from_inside_another_image(tmp_path: Path, fs_and_tree) -> None:
