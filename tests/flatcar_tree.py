@@ -21,6 +21,15 @@ from acl_compose.fetch.httpserve import RangeRequestHandler
 
 VERSION = "3510.2.8"
 IMAGE = "flatcar_production_image.bin.bz2"
+# As published for 3510.2.8 (FACTS.md section 1).
+VERSION_TXT = """FLATCAR_BUILD=3510
+FLATCAR_BRANCH=2
+FLATCAR_PATCH=8
+FLATCAR_VERSION=3510.2.8
+FLATCAR_VERSION_ID=3510.2.8
+FLATCAR_BUILD_ID="2023-09-19-1914"
+FLATCAR_SDK_VERSION=3510.0.0
+"""
 
 
 @dataclass

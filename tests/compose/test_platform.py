@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from acl_compose.image import fs, gpt
-from tests.image.test_vhd_footer import assert_azure_fixed_vhd
+from tests.vhd_tools import assert_azure_fixed_vhd
 
 
 def _oem_tree(img: Path, dest: Path) -> Path:

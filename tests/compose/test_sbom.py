@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -15,6 +14,7 @@ from acl_compose.compose import sbom
 from acl_compose.fetch import httpserve
 from tests.conftest import run_cli
 from tests.fixtures_compose import REPO, write_manifest
+from tests.spdx_check import validate
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
 PACKAGES = (
@@ -24,14 +24,6 @@ PACKAGES = (
     "sys-libs/glibc-2.37-r7::portage-stable\n"
 )
 CONTENTS = "drwxr-xr-x 0/0 0 ./etc\n-rw-r--r-- 0/0 10 ./etc/hostname\n"
-
-
-def validate(path: Path) -> list[str]:
-    """spdx-tools (the SPDX project's own Python tools): parse, then validate the document."""
-    from spdx_tools.spdx.parser.parse_anything import parse_file
-    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
-
-    return [m.validation_message for m in validate_full_spdx_document(parse_file(str(path)))]
 
 
 @pytest.fixture(scope="module")

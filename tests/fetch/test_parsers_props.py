@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.fetch.fetcher import parse_digests
 from acl_compose.fetch.release import Release, parse_version_txt
-from tests.fetch.test_release import VERSION_TXT
+from tests.flatcar_tree import VERSION_TXT
 from tests.properties import mutated, outcome
 
 pytestmark = pytest.mark.property

@@ -5,32 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from acl_compose.provenance import diff
 from tests.conftest import run_cli
 from tests.fixtures_compose import REPO, write_manifest
+from tests.provenance.changes import (
+    CHANGED_FILE,
+    EXT_RELEASE,
+    expect_exactly_the_two_changes,
+    variant,
+)
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
-CHANGED_FILE = "/etc/sysctl.d/90-acl-container-host.conf"
-EXT_RELEASE = "/usr/lib/extension-release.d/extension-release.aks-node"
-
-
-def _variant(d: Path) -> tuple[Path, Path]:
-    """aks-node with version 1.0.1, and base.yaml with one sysctl value changed."""
-    bundle = d / "aks-node"
-    shutil.copytree(REPO / "sysext" / "aks-node", bundle)
-    y = bundle / "sysext.yaml"
-    text = y.read_text()
-    assert "version: 1.0.0" in text
-    y.write_text(text.replace("version: 1.0.0", "version: 1.0.1", 1))
-    ign = d / "base.yaml"
-    text = (REPO / "ignition" / "base.yaml").read_text()
-    assert "vm.max_map_count = 262144" in text
-    ign.write_text(text.replace("vm.max_map_count = 262144", "vm.max_map_count = 524288"))
-    return bundle, ign
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +26,7 @@ def releases(mini_flatcar, release_key, tmp_path_factory):
     key, cert = release_key
     d = tmp_path_factory.mktemp("diff")
     cache = d / "cache"
-    bundle, ign = _variant(d)
+    bundle, ign = variant(d)
     out = {}
     for label, sx, cfg in (
         ("old", [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"],
@@ -53,32 +41,11 @@ def releases(mini_flatcar, release_key, tmp_path_factory):
     return out
 
 
-def _expect_exactly_the_two_changes(r: dict, *, with_sha: bool = True) -> None:
-    assert r["changed"] is True
-    assert r["release"] == {} and r["base"] == {} and r["outputs"] == {} and r["signer"] == {}
-    (sx,) = r["sysexts"]["changed"]
-    assert set(r["sysexts"]) == {"changed"}
-    assert sx["name"] == "aks-node" and sx["version"] == ["1.0.0", "1.0.1"]
-    # The version lives in the generated extension-release: the one file that changed.
-    assert sx["files"] == {"changed": [EXT_RELEASE]}
-    assert "units" not in sx
-    assert ("sha256" in sx) is with_sha
-    # The base config also links /etc/extensions/aks-node.raw to the new image on OEM.
-    assert list(r["ignition"]) == ["files", "links"]
-    (link,) = r["ignition"]["links"]["changed"]
-    assert r["ignition"]["links"] == {"changed": [link]}
-    assert link["path"] == "/etc/extensions/aks-node.raw" and link["fields"] == ["target"], link
-    (f,) = r["ignition"]["files"]["changed"]
-    assert r["ignition"]["files"] == {"changed": [f]}
-    assert f["path"] == CHANGED_FILE and f["fields"] == ["contents"]
-    assert "-vm.max_map_count = 262144" in f["diff"] and "+vm.max_map_count = 524288" in f["diff"]
-
-
 def test_two_releases_show_exactly_those_changes(releases):
     proc = run_cli("diff", "--json", releases["old"], releases["new"], check=False)
     assert proc.returncode == 1, proc.stderr
     r = json.loads(proc.stdout)
-    _expect_exactly_the_two_changes(r)
+    expect_exactly_the_two_changes(r)
     text = run_cli("diff", releases["old"], releases["new"], check=False).stdout
     assert "sysext ~ aks-node: version 1.0.0 -> 1.0.1" in text
     assert f"    ~ {EXT_RELEASE}" in text
@@ -96,7 +63,7 @@ def test_two_images_show_the_same_changes(releases):
     assert r["outputs"] == {"size": [{"format": "image", "old": old.stat().st_size,
                                       "new": new.stat().st_size}]}  # fmt: skip
     r["outputs"] = {}
-    _expect_exactly_the_two_changes(r)
+    expect_exactly_the_two_changes(r)
 
 
 def test_same_release_no_differences_exit_0(releases):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.compose.test_sbom import validate
 from tests.conftest import run_cli
 from tests.fixtures_compose import _compose_cache, write_manifest
-from tests.provenance.test_changes import _expect_exactly_the_two_changes, _variant
+from tests.provenance.changes import expect_exactly_the_two_changes, variant
+from tests.spdx_check import validate
 
 
 def _sha256s(d: Path) -> dict[str, str]:
@@ -59,7 +59,7 @@ def test_testbed_diff_shows_exactly_the_changes(composed_release, tmp_path, tmp_
     """The demo release against one with aks-node 1.0.1 and one sysctl changed in base.yaml."""
     import yaml
 
-    bundle, ign = _variant(tmp_path)
+    bundle, ign = variant(tmp_path)
     # The demo release's manifest with aks-node and base.yaml swapped for their variants.
     doc = yaml.safe_load(composed_release.manifest.read_text())
     swap = {"aks-node": str(bundle), "base.yaml": str(ign)}
@@ -76,4 +76,4 @@ def test_testbed_diff_shows_exactly_the_changes(composed_release, tmp_path, tmp_
             env={"SOURCE_DATE_EPOCH": sde})  # fmt: skip
     proc = run_cli("diff", "--json", composed_release.out_dir, tmp_path / "new", check=False)
     assert proc.returncode == 1, proc.stderr
-    _expect_exactly_the_two_changes(json.loads(proc.stdout))
+    expect_exactly_the_two_changes(json.loads(proc.stdout))
