@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from acl_compose import __version__
+from tests.cli_tools import all_commands
 
 
 def test_version(cli):
@@ -54,24 +55,6 @@ def test_every_command_has_help(cli):
 
 
 # --------------------------------------------------------------- every command, every option
-
-
-def all_commands() -> list[tuple[str, click.Command]]:
-    """(`acl-compose sysext build`, command) for every leaf and group, globals attached."""
-    from acl_compose.cli import add_global_options
-    from acl_compose.commands import LAZY_COMMANDS, load
-
-    out: list[tuple[str, click.Command]] = []
-
-    def walk(name: str, cmd: click.Command) -> None:
-        out.append((name, cmd))
-        if isinstance(cmd, click.Group):
-            for sub_name, sub in sorted(cmd.commands.items()):
-                walk(f"{name} {sub_name}", sub)
-
-    for name in sorted(LAZY_COMMANDS):
-        walk(f"acl-compose {name}", add_global_options(load(name)))
-    return out
 
 
 def test_every_option_has_help_and_shows_its_real_default() -> None:

@@ -18,8 +18,8 @@ import click
 import pytest
 
 from acl_compose import ui
+from tests.cli_tools import all_commands
 from tests.conftest import REPO
-from tests.test_cli import all_commands
 
 PACKAGE = REPO / "acl_compose"
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")

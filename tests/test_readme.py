@@ -77,7 +77,7 @@ def _invocations(body: str) -> list[list[str]]:
 
 def test_every_option_the_readme_shows_exists() -> None:
     """`acl-compose X Y --opt` in any block (sh or text): the command and the option exist."""
-    from tests.test_cli import all_commands
+    from tests.cli_tools import all_commands
 
     commands = {name.removeprefix("acl-compose").strip(): cmd for name, cmd in all_commands()}
     from acl_compose.cli import cli

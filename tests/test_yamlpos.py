@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from acl_compose import yamlpos
+from tests.yaml_docs import bomb
 
 DOC = """\
 # a comment first
@@ -114,16 +115,6 @@ def test_empty_document_and_scalar_root():
 
 
 # --- limits: every YAML input is bounded here, refusals located at the event over the limit ---
-
-
-def bomb(levels: int = 9) -> str:
-    """The billion-laughs document: `levels` anchors of 9 aliases each, 9**levels leaves."""
-    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
-    prev = "a"
-    for name in "bcdefghijklmnop"[: levels - 1]:
-        lines.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
-        prev = name
-    return "\n".join(lines) + "\n"
 
 
 def refused(text: str) -> tuple[str, tuple[int, int]]:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 import yaml  # noqa: E402
 
 from acl_compose import yamlpos  # noqa: E402
-from tests.test_yamlpos import bomb  # noqa: E402
+from tests.yaml_docs import bomb  # noqa: E402
 
 DOCS = {
     "alias-bomb": bomb(9),
