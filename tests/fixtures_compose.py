@@ -25,6 +25,10 @@ from acl_compose.image.oem import make_oem_filesystem
 from acl_compose.trust import verity
 
 REPO = Path(__file__).resolve().parents[1]
+# The product's own bundles and configs, and the fixed time every compose test builds at.
+BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
+CONFIGS = [REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"]
+SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
 MIB = 1 << 20
 OS_RELEASE = (
     'NAME="Flatcar Container Linux by Kinvolk"\nID=flatcar\nID_LIKE=coreos\n'

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def make_key(home: Path, uid: str) -> Key:
     """An ed25519 certify-only primary key with a signing subkey (like Flatcar's layout).
 
     Its secret key lives in a gpg-agent started for `home`: call key.stop_agent() when done
-    (fixtures: yield the key, then stop it)."""
+    (fixtures: `yield from key_fixture(...)`)."""
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     key = Key(home, "", "", home / "public.asc")
@@ -88,6 +89,13 @@ def make_key(home: Path, uid: str) -> Key:
     key.signing_fingerprint = fprs[1]
     key.public.write_bytes(key.gpg("--armor", "--export", key.fingerprint).stdout)
     return key
+
+
+def key_fixture(home: Path, uid: str) -> Iterator[Key]:
+    """A key fixture's body (`yield from key_fixture(...)`): the key, then its agent stopped."""
+    key = make_key(home, uid)
+    yield key
+    key.stop_agent()
 
 
 def write_digests(path: Path) -> Path:

@@ -11,11 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.fixtures_compose import REPO, write_manifest
-
-BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
-CONFIGS = [REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"]
-SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
+from tests.fixtures_compose import BUNDLES, CONFIGS, SDE, write_manifest
 
 
 def compose(

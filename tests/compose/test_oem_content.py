@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 import os
 
-from tests.compose.conftest import CONFIGS, compose, verify
-from tests.fixtures_compose import build_mini_flatcar, write_manifest
+from tests.compose.conftest import compose, verify
+from tests.fixtures_compose import CONFIGS, build_mini_flatcar, write_manifest
 
 
 def test_azure_image_as_base_keeps_its_oem(mini_release, release_key, tmp_path):

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from tests.compose.conftest import BUNDLES, compose
-from tests.fixtures_compose import write_manifest
+from tests.compose.conftest import compose
+from tests.fixtures_compose import BUNDLES, write_manifest
 
 
 @pytest.mark.parametrize("name", ["oem-azure", "flatcar-podman"])

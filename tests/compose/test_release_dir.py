@@ -3,8 +3,9 @@ what was there, the user's files are never deleted or replaced, an earlier relea
 
 from __future__ import annotations
 
-from tests.compose.conftest import SDE, compose, verify
+from tests.compose.conftest import compose, verify
 from tests.conftest import run_cli
+from tests.fixtures_compose import SDE
 
 
 def test_failed_compose_keeps_previous_output(mini_release, tmp_path):

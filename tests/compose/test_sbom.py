@@ -13,10 +13,9 @@ import pytest
 from acl_compose.compose import sbom
 from acl_compose.fetch import httpserve
 from tests.conftest import run_cli
-from tests.fixtures_compose import REPO, write_manifest
+from tests.fixtures_compose import REPO, SDE, write_manifest
 from tests.spdx_check import validate
 
-SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
 PACKAGES = (
     "debian/libc6-2.36-9+deb12u4::bookworm\n"
     "debian/libgtk-3-0-3.24.38-2~deb12u1::bookworm\n"

@@ -18,23 +18,29 @@ import pytest
 
 from acl_compose.fetch.httpserve import serve
 from tests.conftest import run_cli
-from tests.flatcar_tree import VERSION, Faults, Key, copy_tree, fault_handler, make_key, make_tree
+from tests.flatcar_tree import (
+    VERSION,
+    Faults,
+    Key,
+    copy_tree,
+    fault_handler,
+    key_fixture,
+    make_tree,
+)
 
 FAST = {"ACL_COMPOSE_BACKOFF": "0.05", "ACL_COMPOSE_RETRIES": "3"}
 
 
 @pytest.fixture(scope="session")
 def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
-    k = make_key(tmp_path_factory.mktemp("gnupg-release"), "Test Release <rel@example.org>")
-    yield k
-    k.stop_agent()
+    yield from key_fixture(
+        tmp_path_factory.mktemp("gnupg-release"), "Test Release <rel@example.org>"
+    )
 
 
 @pytest.fixture(scope="session")
 def other_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
-    k = make_key(tmp_path_factory.mktemp("gnupg-other"), "Mallory <m@example.org>")
-    yield k
-    k.stop_agent()
+    yield from key_fixture(tmp_path_factory.mktemp("gnupg-other"), "Mallory <m@example.org>")
 
 
 @pytest.fixture(scope="session")

@@ -10,15 +10,13 @@ import pytest
 
 from acl_compose.provenance import diff
 from tests.conftest import run_cli
-from tests.fixtures_compose import REPO, write_manifest
+from tests.fixtures_compose import REPO, SDE, write_manifest
 from tests.provenance.changes import (
     CHANGED_FILE,
     EXT_RELEASE,
     expect_exactly_the_two_changes,
     variant,
 )
-
-SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
 
 
 @pytest.fixture(scope="module")

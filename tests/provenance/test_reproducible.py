@@ -19,11 +19,7 @@ from acl_compose.provenance import check_reproducible, first_difference
 from acl_compose.provenance import reproducible as repro
 from tests.conftest import run_cli
 from tests.ddi_tools import dissect, dissect_with_verity_d
-from tests.fixtures_compose import REPO, write_manifest
-
-SDE = {"SOURCE_DATE_EPOCH": "1700000000"}
-BUNDLES = [REPO / "sysext" / "azure-base", REPO / "sysext" / "aks-node"]
-CONFIGS = [REPO / "ignition" / "base.yaml", REPO / "ignition" / "aks-node.yaml"]
+from tests.fixtures_compose import BUNDLES, CONFIGS, SDE, write_manifest
 
 
 def sha256s(d: Path) -> dict[str, str]:

@@ -17,21 +17,17 @@ from acl_compose.fetch.fetcher import load_trust
 from acl_compose.fetch.transport import Transport
 from acl_compose.trust import gpg
 from tests.conftest import run_cli
-from tests.flatcar_tree import IMAGE, VERSION, Key, make_key, make_tree
+from tests.flatcar_tree import IMAGE, VERSION, Key, key_fixture, make_tree
 
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
-    k = make_key(tmp_path_factory.mktemp("gnupg-gpgtest"), "Gpg Test <g@example.org>")
-    yield k
-    k.stop_agent()
+    yield from key_fixture(tmp_path_factory.mktemp("gnupg-gpgtest"), "Gpg Test <g@example.org>")
 
 
 @pytest.fixture(scope="module")
 def mallory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Key]:
-    k = make_key(tmp_path_factory.mktemp("gnupg-mallory"), "Mallory <m@example.org>")
-    yield k
-    k.stop_agent()
+    yield from key_fixture(tmp_path_factory.mktemp("gnupg-mallory"), "Mallory <m@example.org>")
 
 
 def _v4_fingerprint(armored: str) -> str:
