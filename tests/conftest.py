@@ -67,6 +67,33 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"integration test skipped while {STRICT_SKIPS}=1 (CI): {reason}"
 
 
+# Free space a run needs where it writes (measured peak of a full run, with some margin):
+# running out midway fails dozens of tests with errors that do not say why.
+NEEDED_GIB = {"integration": 30, "unit": 2}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop before the first test, naming the folder, when the disk cannot hold the run."""
+    import shutil
+    import tempfile
+
+    if session.config.option.collectonly or not session.items:
+        return
+    kind = "unit"
+    if any(item.get_closest_marker("integration") for item in session.items):
+        kind = "integration"
+    base = Path(session.config.option.basetemp or tempfile.gettempdir()).absolute()
+    while not base.exists():  # --basetemp is created later
+        base = base.parent
+    free = shutil.disk_usage(base).free / 2**30
+    if free < NEEDED_GIB[kind]:
+        pytest.exit(
+            f"only {free:.1f} GiB free under {base}; the {kind} tests need "
+            f"{NEEDED_GIB[kind]} GiB there: free space or point --basetemp elsewhere",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
 def run_cli(
     *args: str | os.PathLike[str],
     check: bool | None = None,
