@@ -14,11 +14,11 @@ from pathlib import Path
 import click
 
 from acl_compose import __version__, commands
-from acl_compose.errors import AclComposeError
+from acl_compose.errors import AclComposeError, from_os_error
 from acl_compose.ui import App, setup_logging
 from acl_compose.util import default_cache_dir
 
-_state = {"verbose": False}
+_state: dict[str, object] = {"verbose": False}
 
 
 VERBOSE_HELP = "Debug logging and tracebacks."
@@ -100,8 +100,20 @@ def cli(ctx: click.Context, verbose: bool, json_: bool, cache_dir: Path | None) 
     Global options may also follow the command: `acl-compose inspect --json IMAGE`.
     """
     _state["verbose"] = verbose
+    _state["cache_dir"] = cache_dir
     setup_logging(verbose)
     ctx.obj = App(verbose=verbose, json=json_, cache_dir=cache_dir or default_cache_dir())
+
+
+def _write_places(argv: list[str] | None) -> tuple[str, ...]:
+    """Where a command may have been writing: its path arguments, the cache, scratch."""
+    import os
+    import tempfile
+
+    args = sys.argv[1:] if argv is None else argv
+    paths = [a.split("=", 1)[-1] for a in args if os.sep in a]
+    cache = _state.get("cache_dir") or default_cache_dir()
+    return (*paths, os.fspath(cache), tempfile.gettempdir(), os.getcwd())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except AclComposeError as e:
+    except (AclComposeError, OSError) as e:
+        if isinstance(e, OSError):
+            converted = from_os_error(e, _write_places(argv))
+            if converted is None:
+                raise
+            e = converted
         if _state["verbose"]:
             traceback.print_exc()
         click.echo(f"error: {e.message}", err=True)

@@ -140,6 +140,20 @@ def cache_dir(tmp_path: Path) -> Path:
     return d
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a real filesystem that fills up (needs root, as CI runs)."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "--lazy", mnt], check=True)
+
+
 # ------------------------------------------------------------------ nothing left running
 
 

@@ -175,3 +175,41 @@ def test_serve_on_a_taken_port_is_one_error_line(cli, tmp_path: Path) -> None:
     assert len(lines) == 2 and proc.stdout == ""
     proc = cli("testbed", "serve", tmp_path, "--bind", "192.0.2.1", "--port", "0", timeout=30)
     assert proc.returncode == 1 and proc.stderr.startswith("error: cannot serve on 192.0.2.1:0")
+
+
+def test_full_disk_is_one_line_naming_the_filesystem(cli, tmp_path: Path, small_tmpfs) -> None:
+    """ENOSPC is the host's problem, not a bug: one line naming the full filesystem, a
+    hint, exit 1, no traceback, and nothing of the build left on the full filesystem."""
+    bundle = tmp_path / "big"
+    (bundle / "files").mkdir(parents=True)
+    (bundle / "files" / "blob").write_bytes(os.urandom(8 << 20))  # twice the tmpfs
+    (bundle / "sysext.yaml").write_text(
+        "name: big\nversion: 1.0.0\nos: flatcar\narchitecture: x86-64\n"
+        "files:\n  - path: /usr/lib/big/blob\n    from: files/blob\n"
+    )
+    # The output on the full tmpfs. Cold cache: the DDI built in the cache is copied out.
+    out = small_tmpfs / "out"
+    proc = cli("sysext", "build", bundle, "-o", out, "--cache-dir", tmp_path / "cache")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    error, hint = proc.stderr.splitlines()[-2:]
+    full = re.escape(str(small_tmpfs))
+    assert re.fullmatch(rf"error: no space left on {full} \(writing {full}/\S+\)", error)
+    assert hint.startswith("hint: free space there")
+    assert os.listdir(small_tmpfs) == []
+    # Warm cache: the DDI is written straight to an open descriptor, and such an error
+    # carries no file name; the full filesystem is still named.
+    proc = cli("sysext", "build", bundle, "-o", out, "--cache-dir", tmp_path / "cache")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    error = proc.stderr.splitlines()[-2]
+    assert error == f"error: no space left while writing (nearly full: {small_tmpfs})"
+    assert os.listdir(small_tmpfs) == []
+
+
+def test_only_the_hosts_os_errors_become_user_errors() -> None:
+    from acl_compose.errors import from_os_error
+
+    denied = from_os_error(PermissionError(13, "Permission denied", "/srv/out"))
+    assert denied is not None and denied.message == "/srv/out: permission denied"
+    # Anything else is a bug of ours and keeps its traceback.
+    assert from_os_error(FileNotFoundError(2, "No such file or directory", "/x")) is None
+    assert from_os_error(PermissionError(13, "Permission denied")) is None  # names nothing

@@ -9,6 +9,7 @@ systemd-dissect matches the data/verity pair by those UUIDs, so they are not cos
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import mmap
@@ -210,17 +211,40 @@ class _Follower:
 
 
 def _hash_range(h: Any, fd: int, offset: int, size: int) -> None:
-    """Through mmap (no copy out of the page cache), one WINDOW at a time: resident memory
-    stays at a window whatever the image size."""
+    """Data through mmap (no copy out of the page cache), one WINDOW at a time, so resident
+    memory stays at a window whatever the image size; holes as zeros without touching them
+    (a read fault on a tmpfs hole allocates a page, and SIGBUSes when the tmpfs is full)."""
     end = offset + size
     while offset < end:
-        n = min(WINDOW, end - offset)
-        skew = offset % mmap.ALLOCATIONGRANULARITY
-        flags = mmap.MAP_SHARED | _MAP_POPULATE
-        with mmap.mmap(fd, n + skew, flags, mmap.PROT_READ, offset=offset - skew) as m:
-            with memoryview(m) as view:
-                h.update(view[skew:])
-        offset += n
+        data, hole = _next_data(fd, offset, end)
+        while offset < data:  # a hole: zeros
+            n = min(len(_ZEROS), data - offset)
+            h.update(_ZEROS[:n])
+            offset += n
+        while offset < hole:
+            n = min(WINDOW, hole - offset)
+            skew = offset % mmap.ALLOCATIONGRANULARITY
+            flags = mmap.MAP_SHARED | _MAP_POPULATE
+            with mmap.mmap(fd, n + skew, flags, mmap.PROT_READ, offset=offset - skew) as m:
+                with memoryview(m) as view:
+                    h.update(view[skew:])
+            offset += n
+
+
+def _next_data(fd: int, offset: int, end: int) -> tuple[int, int]:
+    """Where the next data run in [offset, end) starts and ends (end, end: holes only).
+    Filesystems without SEEK_DATA report all data."""
+    try:
+        data = min(os.lseek(fd, offset, os.SEEK_DATA), end)
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # only a hole up to EOF
+            return end, end
+        return offset, end
+    try:
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+    except OSError:
+        hole = end
+    return data, hole
 
 
 def write_around(
@@ -302,6 +326,7 @@ def _finish(path: Path, fd: int, p: Plan, sig_json: bytes | None) -> tuple[gpt.D
 
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_ZEROS = memoryview(bytes(1 << 20))
 
 
 @dataclass

@@ -144,7 +144,8 @@ def _hash_range(
     """Digests (each padded to entry_size) of `nblocks` data blocks starting at byte `offset`.
 
     Reads through mmap (no copy out of the page cache) in READ_BYTES windows, so resident
-    memory stays at one window; holes of sparse files are not read at all.
+    memory stays at one window; whole blocks in holes of sparse files are not read at all
+    (on tmpfs, touching a hole through mmap allocates a page, and SIGBUSes when it is full).
     """
     hash_blocks = _make_view_hasher(algorithm, salt, hash_type, entry_size, bs)
     zero_entry = hash_blocks(bytes(bs), 0, 1)
@@ -158,15 +159,14 @@ def _hash_range(
         buf: bytearray | None = None
         while remaining:
             n = min(remaining, window)
+            data_at, hole_at = _data_run(fd, pos, pos + n * bs)
+            if lead := (data_at - pos) // bs:  # whole blocks of hole: zeros
+                out += zero_entry * lead
+                remaining, pos = remaining - lead, pos + lead * bs
+                continue
+            n = min(n, -(-(hole_at - pos) // bs))  # up to the first whole block of hole
             want = n * bs
-            # Holes in sparse images read as zeros: skip reading them altogether.
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:  # ENXIO: only a hole up to EOF; else no SEEK_DATA support
-                data_at = pos + want if e.errno == errno.ENXIO else pos
-            if data_at >= pos + want:
-                out += zero_entry * n
-            elif buf is None:
+            if buf is None:
                 skew = pos % mmap.ALLOCATIONGRANULARITY
                 try:
                     m = mmap.mmap(
@@ -191,6 +191,19 @@ def _hash_range(
     finally:
         os.close(fd)
     return bytes(out)
+
+
+def _data_run(fd: int, pos: int, end: int) -> tuple[int, int]:
+    """The first data run in [pos, end) as (start, stop); (end, end) if only holes.
+    Filesystems without SEEK_DATA report all data."""
+    try:
+        data = min(os.lseek(fd, pos, os.SEEK_DATA), end)
+    except OSError as e:  # ENXIO: only holes up to EOF
+        return (end, end) if e.errno == errno.ENXIO else (pos, end)
+    try:
+        return data, min(os.lseek(fd, data, os.SEEK_HOLE), end)
+    except OSError:
+        return data, end
 
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
