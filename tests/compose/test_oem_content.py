@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from tests.compose.conftest import compose, verify
+from tests.compose.runs import compose, verify
 from tests.fixtures_compose import CONFIGS, build_mini_flatcar, write_manifest
 
 

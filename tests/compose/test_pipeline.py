@@ -25,7 +25,7 @@ import pytest
 from acl_compose.image import fs, gpt, usr
 from acl_compose.image.outputs import copy_sparse
 from tests import btrfs_tools
-from tests.compose.conftest import compose, flip, verify
+from tests.compose.runs import compose, flip, verify
 from tests.conftest import run_cli
 from tests.fixtures_compose import BUNDLES, PRODUCT_SYSEXTS, build_mini_flatcar, write_manifest
 

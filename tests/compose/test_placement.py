@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.compose.conftest import compose
+from tests.compose.runs import compose
 from tests.fixtures_compose import BUNDLES, write_manifest
 
 

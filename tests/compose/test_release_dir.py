@@ -3,7 +3,7 @@ what was there, the user's files are never deleted or replaced, an earlier relea
 
 from __future__ import annotations
 
-from tests.compose.conftest import compose, verify
+from tests.compose.runs import compose, verify
 from tests.conftest import run_cli
 from tests.fixtures_compose import SDE
 

@@ -14,7 +14,7 @@ import pytest
 from acl_compose.image import fs, gpt
 from acl_compose.image.outputs import copy_sparse
 from acl_compose.image.sparse import data_ranges
-from tests.compose.conftest import flip, verify
+from tests.compose.runs import flip, verify
 from tests.conftest import run_cli
 
 
