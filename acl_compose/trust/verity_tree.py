@@ -194,16 +194,14 @@ def _hash_range(
 
 
 def _data_run(fd: int, pos: int, end: int) -> tuple[int, int]:
-    """The first data run in [pos, end) as (start, stop); (end, end) if only holes.
-    Filesystems without SEEK_DATA report all data."""
+    """The first data run in [pos, end), (end, end) if only holes; all data without SEEK_DATA."""
     try:
         data = min(os.lseek(fd, pos, os.SEEK_DATA), end)
     except OSError as e:  # ENXIO: only holes up to EOF
         return (end, end) if e.errno == errno.ENXIO else (pos, end)
-    try:
-        return data, min(os.lseek(fd, data, os.SEEK_HOLE), end)
-    except OSError:
-        return data, end
+    with contextlib.suppress(OSError):
+        end = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+    return data, end
 
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
