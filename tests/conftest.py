@@ -67,6 +67,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"integration test skipped while {STRICT_SKIPS}=1 (CI): {reason}"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests press Ctrl-C on child processes. A shell without job control starts background
+    # jobs with SIGINT ignored, and children inherit that: they would never see the Ctrl-C.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # Free space a run needs where it writes (a full run peaked at 8 GiB under /tmp; margin for
 # more images): running out midway fails dozens of tests with errors that do not say why.
 NEEDED_GIB = {"integration": 20, "unit": 2}
