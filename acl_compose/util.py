@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import json
@@ -195,6 +196,26 @@ def safe_join(root: str | os.PathLike[str], relative: str, what: str = "path") -
             hint="use a path inside the directory, without '..' or symlinks leading out",
         )
     return candidate
+
+
+def data_ranges(fd: int, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+    """(offset, length) of the data (non-hole) ranges of `fd` within [start, end)."""
+    if end is None:
+        end = os.fstat(fd).st_size
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # only a hole remains
+                return
+            yield pos, end - pos  # filesystem without SEEK_DATA: all data
+            return
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole - data
+        pos = hole
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

@@ -7,16 +7,16 @@ without root, loop devices or sgdisk; tests cross-check against sgdisk.
 from __future__ import annotations
 
 import ctypes
-import errno
 import os
 import struct
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from acl_compose.errors import InputError
+from acl_compose.util import data_ranges
 
 SECTOR = 512
 ENTRY_SIZE = 128
@@ -284,29 +284,10 @@ def align_up(value: int, alignment: int) -> int:
     return -(-value // alignment) * alignment
 
 
-def _data_ranges(f: int, start: int, length: int) -> Iterator[tuple[int, int]]:
-    """Yield (offset, length) of the non-hole ranges of fd `f` within [start, start+length)."""
-    end = start + length
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(f, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # only a hole remains
-                return
-            yield pos, end - pos  # no SEEK_DATA support: treat as all data
-            return
-        if data >= end:
-            return
-        hole = min(os.lseek(f, data, os.SEEK_HOLE), end)
-        yield data, hole - data
-        pos = hole
-
-
 def _copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int) -> None:
     """Copy bytes, skipping holes in the source and all-zero chunks (keeps the target sparse)."""
     zero = bytes(CHUNK)
-    for off, n in _data_ranges(src, src_off, length):
+    for off, n in data_ranges(src, src_off, src_off + length):
         done = 0
         while done < n:
             want = min(CHUNK, n - done)

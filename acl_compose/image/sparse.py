@@ -7,35 +7,14 @@ materialises the holes: memory stays flat and time follows the data, not the siz
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from acl_compose.errors import InputError
+from acl_compose.util import data_ranges
 
 CHUNK = 4 << 20
-
-
-def data_ranges(fd: int, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
-    """(offset, length) of the data (non-hole) ranges of `fd` within [start, end)."""
-    if end is None:
-        end = os.fstat(fd).st_size
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # only a hole remains
-                return
-            yield pos, end - pos  # filesystem without SEEK_DATA: all data
-            return
-        if data >= end:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        yield data, hole - data
-        pos = hole
 
 
 _ZERO_HASH_CACHE: dict[str, dict[int, object]] = {}

@@ -9,7 +9,6 @@ systemd-dissect matches the data/verity pair by those UUIDs, so they are not cos
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import mmap
@@ -23,6 +22,7 @@ from typing import Any
 
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.image import gpt
+from acl_compose.util import data_ranges
 
 ALIGN = 4096
 FIRST_LBA = 2048  # 1 MiB, the conventional first partition offset
@@ -214,37 +214,20 @@ def _hash_range(h: Any, fd: int, offset: int, size: int) -> None:
     """Data through mmap (no copy out of the page cache), one WINDOW at a time, so resident
     memory stays at a window whatever the image size; holes as zeros without touching them
     (a read fault on a tmpfs hole allocates a page, and SIGBUSes when the tmpfs is full)."""
-    end = offset + size
-    while offset < end:
-        data, hole = _next_data(fd, offset, end)
-        while offset < data:  # a hole: zeros
-            n = min(len(_ZEROS), data - offset)
+    pos, end = offset, offset + size
+    for data, length in [*data_ranges(fd, offset, end), (end, 0)]:
+        while pos < data:  # a hole: zeros
+            n = min(len(_ZEROS), data - pos)
             h.update(_ZEROS[:n])
-            offset += n
-        while offset < hole:
-            n = min(WINDOW, hole - offset)
-            skew = offset % mmap.ALLOCATIONGRANULARITY
+            pos += n
+        while pos < data + length:
+            n = min(WINDOW, data + length - pos)
+            skew = pos % mmap.ALLOCATIONGRANULARITY
             flags = mmap.MAP_SHARED | _MAP_POPULATE
-            with mmap.mmap(fd, n + skew, flags, mmap.PROT_READ, offset=offset - skew) as m:
+            with mmap.mmap(fd, n + skew, flags, mmap.PROT_READ, offset=pos - skew) as m:
                 with memoryview(m) as view:
                     h.update(view[skew:])
-            offset += n
-
-
-def _next_data(fd: int, offset: int, end: int) -> tuple[int, int]:
-    """Where the next data run in [offset, end) starts and ends (end, end: holes only).
-    Filesystems without SEEK_DATA report all data."""
-    try:
-        data = min(os.lseek(fd, offset, os.SEEK_DATA), end)
-    except OSError as e:
-        if e.errno == errno.ENXIO:  # only a hole up to EOF
-            return end, end
-        return offset, end
-    try:
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-    except OSError:
-        hole = end
-    return data, hole
+            pos += n
 
 
 def write_around(

@@ -12,7 +12,6 @@ forkserver pool that sends the digests back instead.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import mmap
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from acl_compose.errors import AclComposeError, InputError, VerificationError
+from acl_compose.util import data_ranges
 
 SUPERBLOCK_SIZE = 512
 
@@ -159,7 +159,8 @@ def _hash_range(
         buf: bytearray | None = None
         while remaining:
             n = min(remaining, window)
-            data_at, hole_at = _data_run(fd, pos, pos + n * bs)
+            run = next(data_ranges(fd, pos, pos + n * bs), (pos + n * bs, 0))
+            data_at, hole_at = run[0], run[0] + run[1]
             if lead := (data_at - pos) // bs:  # whole blocks of hole: zeros
                 out += zero_entry * lead
                 remaining, pos = remaining - lead, pos + lead * bs
@@ -191,17 +192,6 @@ def _hash_range(
     finally:
         os.close(fd)
     return bytes(out)
-
-
-def _data_run(fd: int, pos: int, end: int) -> tuple[int, int]:
-    """The first data run in [pos, end), (end, end) if only holes; all data without SEEK_DATA."""
-    try:
-        data = min(os.lseek(fd, pos, os.SEEK_DATA), end)
-    except OSError as e:  # ENXIO: only holes up to EOF
-        return (end, end) if e.errno == errno.ENXIO else (pos, end)
-    with contextlib.suppress(OSError):
-        end = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-    return data, end
 
 
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
