@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from acl_compose.errors import InputError, VerificationError
-from acl_compose.image.sparse import CHUNK, _feed_zeros, _hash_state, copy_sparse, hash_sparse
+from acl_compose.image.sparse import CHUNK, _hash_state, copy_sparse, feed_zeros, hash_sparse
 from acl_compose.run import run
 
 MIB = 1 << 20
@@ -199,7 +199,7 @@ def write_outputs(
         pin_vhd_footer(paths["vhd"], source_date_epoch, uid)
     if "vhd" in paths:
         v = h.copy()
-        _feed_zeros(v, memoryview(bytes(CHUNK)), vhd_size(size) - size)
+        feed_zeros(v, memoryview(bytes(CHUNK)), vhd_size(size) - size)
         with open(paths["vhd"], "rb") as f:
             f.seek(vhd_size(size))
             v.update(f.read())

@@ -33,7 +33,7 @@ def _hash_state(path: str | os.PathLike[str], algorithm: str = "sha256") -> Any:
         size = os.fstat(fd).st_size
         pos = 0
         for off, length in data_ranges(fd, 0, size):
-            _feed_zeros(h, zero, off - pos)
+            feed_zeros(h, zero, off - pos)
             done = 0
             while done < length:
                 buf = os.pread(fd, min(CHUNK, length - done), off + done)
@@ -42,11 +42,11 @@ def _hash_state(path: str | os.PathLike[str], algorithm: str = "sha256") -> Any:
                 h.update(buf)
                 done += len(buf)
             pos = off + length
-        _feed_zeros(h, zero, size - pos)
+        feed_zeros(h, zero, size - pos)
     return h
 
 
-def _feed_zeros(h: Any, zero: memoryview, n: int) -> None:
+def feed_zeros(h: Any, zero: memoryview, n: int) -> None:
     while n > 0:
         k = min(n, len(zero))
         h.update(zero[:k])

@@ -22,6 +22,7 @@ from typing import Any
 
 from acl_compose.errors import InputError, VerificationError
 from acl_compose.image import gpt
+from acl_compose.image.sparse import feed_zeros
 from acl_compose.util import data_ranges
 
 ALIGN = 4096
@@ -216,10 +217,8 @@ def _hash_range(h: Any, fd: int, offset: int, size: int) -> None:
     (a read fault on a tmpfs hole allocates a page, and SIGBUSes when the tmpfs is full)."""
     pos, end = offset, offset + size
     for data, length in [*data_ranges(fd, offset, end), (end, 0)]:
-        while pos < data:  # a hole: zeros
-            n = min(len(_ZEROS), data - pos)
-            h.update(_ZEROS[:n])
-            pos += n
+        feed_zeros(h, _ZEROS, data - pos)  # a hole
+        pos = data
         while pos < data + length:
             n = min(WINDOW, data + length - pos)
             skew = pos % mmap.ALLOCATIONGRANULARITY
